@@ -1,0 +1,35 @@
+"""kn_utils: the library behind the knowledge-neurons reproduction notebooks.
+
+    import kn_utils as kn
+    lm = kn.load_model("smollm2-135m")
+    pararel = kn.load_pararel()
+    with kn.patch_ffn(lm, [(12, 345)], mode="zero"):
+        p = kn.answer_probs(lm, prompts, answers)
+
+Names are imported on first use, so ``python -m kn_utils.data`` and the runner start
+without loading torch.
+"""
+import importlib
+
+_EXPORTS = {
+    "models": ["ADAPTERS", "Adapter", "AnswerTokenError", "Batch", "LanguageModel", "ModelNotAvailableError",
+               "PromptError", "UnknownModelError", "load_model"],
+    "hooks": ["patch_ffn", "record_ffn"],
+    "metrics": ["answer_probs", "predict", "prediction_distribution", "bootstrap_ci"],
+    "data": ["Pararel", "UnknownRelationError", "fetch_pararel", "load_pararel"],
+}
+_MODULES = ["data", "hooks", "io", "metrics", "models", "plotting", "report", "runner"]
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE) + _MODULES
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    if name in _MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'kn_utils' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

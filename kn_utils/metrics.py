@@ -1,0 +1,144 @@
+"""Batched predictions at the blank: gold-token probability, rank and top-k.
+
+Usage::
+
+    df = kn.predict(lm, ["The capital of France is [MASK]."], ["Paris"])
+    df[["p_answer", "rank", "top_tokens"]]
+"""
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .models import LanguageModel
+
+
+def _batches(n: int, batch_size: int, progress: bool, desc: str):
+    starts = range(0, n, batch_size)
+    return tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, leave=False)
+
+
+@torch.no_grad()
+def prediction_distribution(lm: LanguageModel, prompts: list[str], batch_size: int = 32,
+                            progress: bool = False) -> torch.Tensor:
+    """Softmax over the vocabulary at each prompt's blank, ``[n_prompts, vocab]`` (float32, CPU)."""
+    out = []
+    for s in _batches(len(prompts), batch_size, progress, "predict"):
+        batch = lm.encode(prompts[s:s + batch_size])
+        out.append(lm.prediction_logits(batch).float().softmax(-1).cpu())  # [batch, vocab]
+    return torch.cat(out) if out else torch.empty(0, len(lm.tokenizer))
+
+
+@torch.no_grad()
+def answer_probs(lm: LanguageModel, prompts: list[str], answers: list[str] | torch.Tensor,
+                 batch_size: int = 32, progress: bool = False) -> torch.Tensor:
+    """Probability of each prompt's answer token at the blank, ``[n_prompts]``.
+
+    ``answers`` are words (must be single tokens) or token ids. Any active hooks
+    (``kn.patch_ffn``) apply.
+    """
+    ids = answers if torch.is_tensor(answers) else lm.answer_ids(list(answers))  # [n]
+    if len(ids) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(ids)} answers")
+    out = []
+    for s in _batches(len(prompts), batch_size, progress, "answer probs"):
+        batch = lm.encode(prompts[s:s + batch_size])
+        probs = lm.prediction_logits(batch).float().softmax(-1)  # [batch, vocab]
+        out.append(probs.gather(1, ids[s:s + batch_size, None].to(probs.device))[:, 0].cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.no_grad()
+def predict(lm: LanguageModel, prompts: list[str], answers: list[str], batch_size: int = 32,
+            top_k: int = 10, progress: bool = False) -> pd.DataFrame:
+    """One row per prompt: answer probability, its rank (1 = top-1) and the top-k tokens.
+
+    Rank counts tokens with a strictly higher probability, so ties favour the answer.
+    """
+    ids = lm.answer_ids(list(answers))  # [n]
+    if len(ids) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    rows = []
+    for s in _batches(len(prompts), batch_size, progress, "predict"):
+        batch = lm.encode(prompts[s:s + batch_size])
+        probs = lm.prediction_logits(batch).float().softmax(-1).cpu()  # [batch, vocab]
+        gold = ids[s:s + batch_size]
+        p_gold = probs.gather(1, gold[:, None])  # [batch, 1]
+        rank = (probs > p_gold).sum(1) + 1  # [batch]
+        top_p, top_i = probs.topk(top_k, dim=-1)  # [batch, k]
+        for j in range(len(gold)):
+            rows.append({
+                "prompt": prompts[s + j],
+                "answer": answers[s + j],
+                "answer_id": int(gold[j]),
+                "p_answer": float(p_gold[j, 0]),
+                "rank": int(rank[j]),
+                "top_tokens": [lm.tokenizer.decode([t]).strip() for t in top_i[j].tolist()],
+                "top_probs": top_p[j].tolist(),
+            })
+    return pd.DataFrame(rows, columns=["prompt", "answer", "answer_id", "p_answer", "rank",
+                                       "top_tokens", "top_probs"])
+
+
+def predict_prompts(lm: LanguageModel, prompts: pd.DataFrame, batch_size: int = 32, top_k: int = 10,
+                    progress: bool = True) -> pd.DataFrame:
+    """``predict`` over a PARAREL prompts table (columns ``prompt``, ``answer``); keeps its other columns.
+
+    Prompts are sorted by length before batching so that little padding is computed; the
+    result is returned in the input order.
+    """
+    order = prompts["prompt"].str.len().sort_values(kind="stable").index
+    ordered = prompts.loc[order]
+    pred = predict(lm, ordered["prompt"].tolist(), ordered["answer"].tolist(), batch_size=batch_size,
+                   top_k=top_k, progress=progress)
+    pred.index = ordered.index
+    extra = [c for c in ordered.columns if c not in pred.columns]
+    return pd.concat([ordered[extra], pred], axis=1).loc[prompts.index]
+
+
+def bootstrap_ci(values, statistic=None, n_resamples: int = 2000, confidence: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``statistic`` (default: mean) over independent units, e.g. facts."""
+    import numpy as np
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2 or np.all(values == values[0]):
+        v = float(values.mean()) if len(values) else float("nan")
+        return v, v
+    res = stats.bootstrap((values,), statistic or np.mean, n_resamples=n_resamples, confidence_level=confidence,
+                          method="percentile", random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def knowledge_by_relation(pred: pd.DataFrame, top_k: int = 10, seed: int = 0) -> pd.DataFrame:
+    """Per relation: top-1 / top-k accuracy and mean answer probability, averaged over facts
+    (each fact = the mean over its prompts, so facts with many templates do not dominate), a
+    bootstrap CI over facts for top-1, the median gold rank over prompts, and the share of
+    facts the model "knows" (gold top-1 on most of its prompts)."""
+    per_fact = fact_accuracy(pred, top_k)
+    rows = []
+    for rel, facts in per_fact.groupby("relation", sort=False):
+        lo, hi = bootstrap_ci(facts["top1"].to_numpy(), seed=seed)
+        rows.append({
+            "relation": rel,
+            "facts": len(facts),
+            "prompts": int(facts["prompts"].sum()),
+            "top1_acc": facts["top1"].mean(),
+            "top1_ci_low": lo,
+            "top1_ci_high": hi,
+            f"top{top_k}_acc": facts["topk"].mean(),
+            "mean_p_answer": facts["p"].mean(),
+            "median_rank": pred.loc[pred["relation"] == rel, "rank"].median(),
+            "facts_known": (facts["top1"] > 0.5).mean(),
+        })
+    return pd.DataFrame(rows)
+
+
+def fact_accuracy(pred: pd.DataFrame, top_k: int = 10) -> pd.DataFrame:
+    """Per fact: share of its prompts with the gold answer top-1 / top-k, mean p(answer), prompts."""
+    pred = pred.assign(top1=pred["rank"] == 1, topk=pred["rank"] <= top_k)
+    return (pred.groupby(["relation", "fact_id"], sort=False)
+            .agg(top1=("top1", "mean"), topk=("topk", "mean"), p=("p_answer", "mean"), prompts=("rank", "size"))
+            .reset_index())

@@ -1,0 +1,187 @@
+"""Collect every notebook's summary.json into one REPORT.md.
+
+Each notebook ends by writing ``<results_dir>/<stem>/summary.json``::
+
+    {"notebook": "03_suppress", "title": "...", "claim": "...",
+     "headline": {"name": number_or_str},
+     "rows": [{"claim": "...", "source": "Table 2", "paper": "-29%", "ours": "-12%",
+               "ci": [lo, hi] or null, "n": 1200 or null, "verdict": "partly"}],
+     "figures": ["drop.png"]}
+
+Usage::
+
+    from kn_utils import report
+    report.write_report("results/smoke")     # -> results/smoke/REPORT.md
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from kn_utils import io
+
+REPORT_NOTEBOOK = "99_report"
+ROW_KEYS = ("claim", "source", "paper", "ours", "ci", "n", "verdict")
+EMPTY = "—"  # shown instead of a blank cell, so a missing value is visibly missing
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file. Usage: ``read_json("results/00_x/summary.json")``."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def check_summary(summary: Any) -> list[str]:
+    """Problems with a summary.json's shape (empty list when fine).
+
+    Usage: ``assert not check_summary({"title": "t", "headline": {}, "rows": [], "figures": []})``
+    """
+    if not isinstance(summary, dict):
+        return ["top level must be a JSON object"]
+    problems = []
+    if not isinstance(summary.get("title"), str):
+        problems.append("needs a `title` string")
+    if not isinstance(summary.get("headline", {}), dict):
+        problems.append("`headline` must map names to numbers or strings")
+    if not isinstance(summary.get("figures", []), list):
+        problems.append("`figures` must be a list of file names")
+    rows = summary.get("rows", [])
+    if not isinstance(rows, list):
+        return problems + ["`rows` must be a list"]
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            problems.append(f"rows[{i}] must be an object")
+            continue
+        missing = [k for k in ROW_KEYS if k not in row]
+        if missing:
+            problems.append(f"rows[{i}] lacks {', '.join(missing)} (use null when unknown)")
+        ci = row.get("ci")
+        if ci is not None and not (isinstance(ci, list) and len(ci) == 2):
+            problems.append(f"rows[{i}].ci must be [lo, hi] or null")
+    return problems
+
+
+def collect_summaries(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every ``<results_dir>/NN_*/summary.json`` except the report's own, in notebook order.
+
+    Each item is ``{"stem": "00_x", "summary": {...}, "meta": {...} or {}}``.
+
+    Usage: ``[s["stem"] for s in collect_summaries("results")]``
+    """
+    root = Path(results_dir)
+    found = []
+    for folder in sorted(root.glob("[0-9][0-9]_*")):
+        summary_file = folder / "summary.json"
+        if folder.name == REPORT_NOTEBOOK or not summary_file.is_file():
+            continue
+        meta_file = folder / "meta.json"
+        found.append({
+            "stem": folder.name,
+            "summary": read_json(summary_file),
+            "meta": read_json(meta_file) if meta_file.is_file() else {},
+        })
+    return found
+
+
+def _fmt(value: Any) -> str:
+    """One table cell: numbers to 4 significant digits, never empty, never breaking the table."""
+    if value is None or value == "":
+        return EMPTY
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+    elif isinstance(value, (list, tuple)):
+        text = "[" + ", ".join(_fmt(v) for v in value) + "]"
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ").strip() or EMPTY
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _distinct(values: Iterable[Any]) -> str:
+    seen = sorted({_fmt(v) for v in values if v not in (None, "")})
+    if not seen:
+        return EMPTY
+    return seen[0] if len(seen) == 1 else "mixed: " + ", ".join(seen)
+
+
+def _commit(meta: Mapping[str, Any]) -> str | None:
+    git = meta.get("git") or {}
+    if not git.get("commit"):
+        return None
+    commit = str(git["commit"])[:12]
+    return commit + (" (dirty)" if git.get("dirty") is True else "")
+
+
+def build_report(results_dir: str | os.PathLike) -> str:
+    """Render REPORT.md for ``results_dir``: provenance, one table row per claim, then a
+    section per notebook with its headline numbers and figures (links relative to the report).
+
+    Usage: ``print(build_report("results/smoke"))``
+    """
+    root = Path(results_dir)
+    found = collect_summaries(root)
+    metas = [f["meta"] for f in found]
+    verdicts = Counter(_fmt(row.get("verdict")) for f in found for row in f["summary"].get("rows", []))
+    lines = [
+        "# Knowledge neurons: reproduction report",
+        "",
+        f"Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} "
+        f"from `{io.display_path(root)}` ({len(found)} notebooks).",
+        "",
+        f"- Model: {_distinct((m.get('params') or {}).get('model') for m in metas)}",
+        f"- Params file: {_distinct(m.get('params_file') for m in metas)}",
+        f"- Device: {_distinct(m.get('device') for m in metas)}",
+        f"- Commit: {_distinct(_commit(m) for m in metas)}",
+        f"- Runs finished (UTC): {_distinct(str(m.get('finished_utc', ''))[:10] for m in metas)}",
+        f"- Verdicts: {', '.join(f'{n} {v}' for v, n in sorted(verdicts.items())) or EMPTY}",
+        "",
+        "## Claims",
+        "",
+    ]
+    claim_rows = [
+        [f["stem"], row.get("claim"), row.get("source"), row.get("paper"), row.get("ours"),
+         row.get("ci"), row.get("n"), row.get("verdict")]
+        for f in found for row in f["summary"].get("rows", [])
+    ]
+    if claim_rows:
+        lines += _table(["Notebook", "Claim", "Source", "Paper", "Ours", "95% CI", "n", "Verdict"], claim_rows)
+    else:
+        lines.append(f"No summary.json found under `{io.display_path(root)}` yet.")
+
+    for f in found:
+        s, meta = f["summary"], f["meta"]
+        lines += ["", f"## {f['stem']}: {_fmt(s.get('title'))}", ""]
+        if s.get("claim"):
+            lines += [f"**Claim.** {s['claim']}", ""]
+        headline = s.get("headline") or {}
+        if headline:
+            lines += _table(["Quantity", "Value"], headline.items()) + [""]
+        for fig in s.get("figures") or []:
+            rel = f"{f['stem']}/{fig}"
+            missing = "" if (root / rel).is_file() else " (file missing)"
+            lines += [f"![{fig}](<{rel}>){missing}", ""]
+        if meta:
+            lines.append(f"Run: {meta.get('status', EMPTY)}, {_fmt(meta.get('wall_time_s'))} s on "
+                         f"{_fmt(meta.get('device'))}, commit {_fmt(_commit(meta))}, "
+                         f"finished {_fmt(meta.get('finished_utc'))}; notebook `{f['stem']}/{f['stem']}.ipynb`.")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(results_dir: str | os.PathLike) -> Path:
+    """Write ``<results_dir>/REPORT.md`` atomically and return its path.
+
+    Usage: ``write_report("results")``
+    """
+    return io.atomic_write_text(Path(results_dir) / "REPORT.md", build_report(results_dir))

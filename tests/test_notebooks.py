@@ -1,0 +1,58 @@
+"""Every notebook runs end to end on the smoke parameters, and the report builds from their summaries."""
+from pathlib import Path
+
+import pytest
+
+from kn_utils import io, report, runner
+
+NOTEBOOKS = sorted(p for p in (io.repo_root() / "notebooks").glob("[0-9][0-9]_*.py"))
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    for nb in NOTEBOOKS:  # 99_report sorts last
+        runner.run_notebook(nb, io.repo_root() / "params" / "smoke.yaml", results_dir=out)
+    return out
+
+
+def test_notebooks_are_jupytext_with_parameters_and_claim():
+    import jupytext
+
+    assert [p.stem for p in NOTEBOOKS][:1] == ["00_data_and_model"] and NOTEBOOKS[-1].stem == "99_report"
+    for path in NOTEBOOKS:
+        nb = jupytext.read(path)
+        assert nb.cells[0].cell_type == "markdown", f"{path.name}: first cell must state the claim"
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{path.name}: needs exactly one parameters cell"
+        assert "summary.json" in nb.cells[-1].source, f"{path.name}: last cell must write summary.json"
+
+
+def test_every_notebook_writes_its_outputs(smoke_results):
+    for nb in NOTEBOOKS:
+        d = smoke_results / nb.stem
+        assert (d / f"{nb.stem}.ipynb").is_file()
+        assert (d / "meta.json").is_file()
+        summary = report.read_json(d / "summary.json")
+        assert report.check_summary(summary) == []
+        for fig in summary.get("figures", []):
+            assert (d / fig).is_file(), f"{nb.stem} lists a figure it did not write: {fig}"
+        assert report.read_json(d / "meta.json")["status"] == "ok"
+
+
+def test_data_notebook_numbers(smoke_results):
+    s = report.read_json(smoke_results / "00_data_and_model" / "summary.json")
+    h = s["headline"]
+    assert (h["pararel_relations"], h["pararel_facts"], h["pararel_prompts"]) == (34, 27_738, 253_448)
+    assert h["probe_facts"] == 9  # 3 facts x 3 relations in params/smoke.yaml
+    import pandas as pd
+    pred = pd.read_parquet(smoke_results / "00_data_and_model" / "predictions.parquet")
+    assert len(pred) == h["probe_prompts"] and set(pred.relation) == {"P36", "P19", "P101"}
+    assert ((pred["rank"] >= 1) & (pred.p_answer.between(0, 1))).all()
+
+
+def test_report_collects_every_notebook(smoke_results):
+    text = (smoke_results / "REPORT.md").read_text()
+    for nb in NOTEBOOKS[:-1]:
+        assert nb.stem in text
+    assert "PARAREL evaluation set size" in text

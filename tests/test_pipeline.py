@@ -1,0 +1,172 @@
+"""The notebook pipeline: runner (papermill + meta.json) and report (REPORT.md)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from kn_utils import io, report, runner
+
+REPO = io.repo_root()
+
+
+def _summary(nb: str, rows: list[dict], figures: list[str] | None = None) -> dict:
+    return {"notebook": nb, "title": f"Title of {nb}", "claim": f"Claim of {nb}",
+            "headline": {"accuracy": 0.123456, "relations": 3}, "rows": rows, "figures": figures or []}
+
+
+def _row(claim: str, ci: list | None = None, n: int | None = None) -> dict:
+    return {"claim": claim, "source": "Table 1", "paper": "40%", "ours": "12%", "ci": ci, "n": n,
+            "verdict": "not reproduced"}
+
+
+# ---------------------------------------------------------------- report
+
+def _hand_made_results(root: Path) -> None:
+    io.atomic_write_json(root / "00_data_and_model" / "summary.json",
+                         _summary("00_data_and_model", [_row("facts | are known", [0.1, 0.2], 120)], ["acc.png"]))
+    (root / "00_data_and_model" / "acc.png").write_bytes(b"\x89PNG")
+    io.atomic_write_json(root / "00_data_and_model" / "meta.json", {
+        "params": {"model": "smollm2-135m"}, "params_file": "params/default.yaml", "device": "cpu",
+        "git": {"commit": "0123456789abcdef", "dirty": False}, "finished_utc": "2026-01-02T03:04:05+00:00",
+        "wall_time_s": 12.5, "status": "ok"})
+    io.atomic_write_json(root / "01_attribution" / "summary.json",
+                         _summary("01_attribution", [_row("neurons are few"), _row("gradients matter", n=7)]))
+    # Not collected: the report's own folder, and a folder without summary.json.
+    io.atomic_write_json(root / "99_report" / "summary.json", _summary("99_report", [_row("SELF")]))
+    (root / "02_unfinished").mkdir()
+
+
+def test_collect_summaries_skips_report_and_unfinished(tmp_path: Path) -> None:
+    _hand_made_results(tmp_path)
+    found = report.collect_summaries(tmp_path)
+    assert [f["stem"] for f in found] == ["00_data_and_model", "01_attribution"]
+    assert found[0]["meta"]["device"] == "cpu" and found[1]["meta"] == {}
+
+
+def test_build_report_has_every_row_and_no_empty_cells(tmp_path: Path) -> None:
+    _hand_made_results(tmp_path)
+    text = report.write_report(tmp_path).read_text()
+    for claim in ("facts \\| are known", "neurons are few", "gradients matter"):
+        assert claim in text
+    assert "SELF" not in text
+    table_lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(table_lines) >= 2 + 3  # header, rule, three claim rows
+    for line in table_lines:
+        cells = re.split(r"(?<!\\)\|", line)[1:-1]
+        assert all(c.strip() for c in cells), line
+    assert "[0.1, 0.2]" in text and "0.1235" in text
+    assert "![acc.png](<00_data_and_model/acc.png>)" in text
+    assert "smollm2-135m" in text and "0123456789ab" in text
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_report_of_empty_results_says_so(tmp_path: Path) -> None:
+    assert "No summary.json found" in report.build_report(tmp_path)
+
+
+def test_check_summary_names_problems() -> None:
+    assert report.check_summary(_summary("x", [_row("c", [1, 2], 3)])) == []
+    problems = report.check_summary({"title": 1, "rows": [{"claim": "c", "ci": [1]}]})
+    assert any("title" in p for p in problems) and any("ci" in p for p in problems)
+    assert any("lacks source" in p for p in problems)
+
+
+# ---------------------------------------------------------------- runner
+
+NOTEBOOK_OK = '''\
+    # %% [markdown]
+    # A throwaway notebook for the runner test.
+
+    # %% tags=["parameters"]
+    results_dir = "unset"
+    seed = 0
+    factor = 1
+
+    # %%
+    from kn_utils import io
+    io.atomic_write_json(io.resolve(results_dir) / "summary.json", {
+        "notebook": "00_tiny", "title": "Tiny", "claim": "c",
+        "headline": {"value": factor * 2, "seed": seed}, "rows": [], "figures": []})
+'''
+
+
+def _setup(tmp_path: Path, body: str, stem: str = "00_tiny") -> tuple[Path, Path]:
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    notebook = nb_dir / f"{stem}.py"
+    notebook.write_text(textwrap.dedent(body))
+    params = tmp_path / "params.yaml"
+    params.write_text(f"results_dir: {tmp_path / 'results'}\n"
+                      "common: {model: tiny, device: cpu, seed: 0}\n"
+                      f"{stem}: {{factor: 21}}\n")
+    return notebook, params
+
+
+def test_run_notebook_end_to_end(tmp_path: Path) -> None:
+    notebook, params = _setup(tmp_path, NOTEBOOK_OK)
+    out = runner.run_notebook(notebook, params, overrides={"seed": 7})
+    assert out == tmp_path / "results" / "00_tiny"
+    executed = nbformat.read(out / "00_tiny.ipynb", as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["headline"] == {"value": 42, "seed": 7}
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "ok"
+    assert meta["params"] == {"model": "tiny", "device": "cpu", "seed": 7, "factor": 21,
+                              "results_dir": str(out)}
+    assert meta["git"]["commit"] and meta["packages"]["papermill"]
+
+
+def test_failing_notebook_raises_and_keeps_executed_ipynb(tmp_path: Path) -> None:
+    notebook, params = _setup(tmp_path, NOTEBOOK_OK.replace("from kn_utils import io",
+                                                            "raise ValueError('boom')"))
+    (tmp_path / "results" / "00_tiny").mkdir(parents=True)
+    stale = tmp_path / "results" / "00_tiny" / "summary.json"
+    stale.write_text("{}")  # from an earlier run: must not survive a failed one
+    with pytest.raises(runner.NotebookError, match="boom"):
+        runner.run_notebook(notebook, params)
+    out = tmp_path / "results" / "00_tiny"
+    assert "boom" in (out / "00_tiny.ipynb").read_text()
+    assert not stale.exists()
+    assert json.loads((out / "meta.json").read_text())["status"] == "failed"
+
+
+def test_notebook_without_summary_is_an_error(tmp_path: Path) -> None:
+    notebook, params = _setup(tmp_path, NOTEBOOK_OK.split("    # %%\n    from")[0])
+    with pytest.raises(runner.NotebookError, match="did not write"):
+        runner.run_notebook(notebook, params)
+
+
+def test_notebook_without_parameters_cell_is_refused_before_running(tmp_path: Path) -> None:
+    notebook, params = _setup(tmp_path, NOTEBOOK_OK.replace(' tags=["parameters"]', ""))
+    with pytest.raises(runner.NotebookError, match="tagged parameters"):
+        runner.run_notebook(notebook, params)
+    assert not (tmp_path / "results" / "00_tiny" / "00_tiny.ipynb").exists()
+
+
+def test_cli_exit_codes(tmp_path: Path) -> None:
+    notebook, params = _setup(tmp_path, "# %% tags=[\"parameters\"]\nresults_dir = ''\n\n# %%\n1 / 0\n")
+    cmd = [sys.executable, "-m", "kn_utils.runner"]
+    bad = subprocess.run([*cmd, str(notebook), "--params", str(params)], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 1 and "ZeroDivisionError" in bad.stderr
+    shown = subprocess.run([*cmd, "--print-results-dir", "--params", "params/smoke.yaml"],
+                           cwd=REPO, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "results/smoke"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
+def test_make_reproduce_plan_runs_every_notebook_report_last() -> None:
+    plan = subprocess.run(["make", "-n", "-B", "reproduce", "PARAMS=params/smoke.yaml"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 0, plan.stderr
+    runs = re.findall(r"kn_utils\.runner (notebooks/\S+\.py) --params params/smoke\.yaml", plan.stdout)
+    stems = sorted(p.stem for p in (REPO / "notebooks").glob("[0-9][0-9]_*.py"))
+    assert [Path(r).stem for r in runs] == stems and runs[-1].endswith("99_report.py")
