@@ -4,6 +4,7 @@
 #   make reproduce                           # every notebook with params/default.yaml
 #   make reproduce PARAMS=params/smoke.yaml  # same pipeline, tiny model, minutes
 #   make nb NB=00_data_and_model             # one notebook
+#   make bench                               # fast vs plain integrated gradients
 #   make lab                                 # Jupyter Lab on the jupytext notebooks
 #
 # Each notebook's target is its <results_dir>/<stem>/summary.json, so make reruns a
@@ -42,10 +43,10 @@ STEMS := $(basename $(notdir $(NOTEBOOKS)))
 SUMMARIES := $(STEMS:%=$(RESULTS)/%/summary.json)
 REPORT_SUMMARY := $(RESULTS)/$(REPORT_NB)/summary.json
 
-.PHONY: help setup setup-gemma data reproduce smoke notebooks nb test lab clean clean-cache
+.PHONY: help setup setup-gemma data reproduce smoke notebooks nb test attribute bench lab clean clean-cache
 
 help:
-	@sed -n '3,7p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,8p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- environment
 
@@ -102,6 +103,9 @@ notebooks: $(SUMMARIES) $(REPORT_SUMMARY)
 $(RESULTS)/%/summary.json: notebooks/%.py $(PARAMS) $(wildcard kn_utils/*.py) | $(VENV_STAMP) $(DATA_STAMP)
 	$(PY) -m kn_utils.runner notebooks/$*.py --params $(PARAMS)
 
+# Notebooks that read another notebook's outputs.
+$(RESULTS)/02_refinement/summary.json: $(RESULTS)/01_attribution/summary.json
+
 # The report collects every other notebook's summary, so it runs after them all.
 $(REPORT_SUMMARY): $(SUMMARIES)
 else
@@ -113,6 +117,15 @@ endif
 
 test: $(VENV_STAMP) $(DATA_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# One shard of notebook 01's attributions (run N of these, in parallel or on N GPUs, then
+# `make reproduce` joins them from the cache): make attribute SHARD=0/4
+attribute: $(VENV_STAMP) $(DATA_STAMP)
+	SHARD=$(SHARD) $(PY) -m kn_utils.attribution --params $(PARAMS)
+
+# Fast vs plain integrated gradients (speed, agreement, GFLOP/s); see kn_utils/bench.py.
+bench: $(VENV_STAMP) $(DATA_STAMP)
+	$(PY) -m kn_utils.bench --tokens 8 16 --json .cache/bench.json
 
 lab: $(VENV_STAMP)
 	$(PY) -m jupyter lab

@@ -259,15 +259,17 @@ class Pararel:
                        dropped=self.dropped)
         return view, counts
 
-    def sample_facts(self, n_per_relation: int, seed: int,
+    def sample_facts(self, n_per_relation: int | None, seed: int,
                      relations: list[str] | None = None) -> pd.DataFrame:
-        """Up to `n_per_relation` random facts of each relation (all of them if fewer), official order kept.
+        """Up to `n_per_relation` random facts of each relation (all of them if fewer or None), official order kept.
 
         Each relation draws from its own generator seeded by (seed, relation id), so a relation's
         sample does not change when other relations are added to or left out of the request.
 
             >>> pr.sample_facts(2, seed=0, relations=["P36"]).fact_id.tolist()
         """
+        if n_per_relation is None:
+            n_per_relation = len(self.facts)
         if n_per_relation < 0:
             raise ValueError(f"n_per_relation must be >= 0, got {n_per_relation}")
         relations = self.relations.relation.tolist() if relations is None else list(relations)

@@ -66,6 +66,10 @@ class Adapter:
     final_norm: str | None  # applied before the output head (None: the head has its own transform)
     head: str  # the output head (unembedding)
     body: str  # the model without its head (returns hidden states)
+    # The model's forward accepts a batch that grows between blocks (nothing reshapes hidden states
+    # to the input's batch size). Fast IG then adds each layer's rows at that layer; otherwise
+    # (GPT-2 views its output to the input shape) it cuts the block list instead.
+    grows: bool = True
 
 
 ADAPTERS: dict[str, Adapter] = {
@@ -74,7 +78,7 @@ ADAPTERS: dict[str, Adapter] = {
                     "bert.embeddings.word_embeddings", None, "cls", "bert"),
     # GPT-2: neurons = mlp.act output, the input of mlp.c_proj (a Conv1D, weight [d_ff, d_model])
     "gpt2": Adapter("gpt2", True, "transformer.h", "mlp.c_proj", 0,
-                    "transformer.wte", "transformer.ln_f", "lm_head", "transformer"),
+                    "transformer.wte", "transformer.ln_f", "lm_head", "transformer", grows=False),
     # Llama-style (Llama, Qwen2, Gemma3, Mistral): neurons = act(gate) * up, the input of down_proj
     "llama": Adapter("llama", True, "model.layers", "mlp.down_proj", 1,
                      "model.embed_tokens", "model.norm", "lm_head", "model"),

@@ -67,3 +67,77 @@ def knowledge_by_relation(table: pd.DataFrame, pred: pd.DataFrame, model_name: s
     a2.set_title("Gold-rank distribution")
     fig.tight_layout()
     return fig
+
+
+def ig_heatmap(scores, title: str) -> plt.Figure:
+    """One fact's IG scores, layer x neuron (the paper's attribution picture)."""
+    s = np.asarray(scores)
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    lim = np.abs(s).max() or 1.0
+    im = ax.imshow(s, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest", origin="lower")
+    ax.set_xlabel("FFN neuron")
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="IG score (mean over prompts)")
+    return fig
+
+
+def layer_distribution(neurons: pd.DataFrame, n_layers: int, by: str = "method") -> plt.Figure:
+    """Share of knowledge neurons per layer (the paper's Fig. 2), one bar group per ``by`` value."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.3 * n_layers), 3.4))
+    groups = sorted(neurons[by].unique()) if len(neurons) else []
+    width = 0.8 / max(len(groups), 1)
+    for k, g in enumerate(groups):
+        counts = neurons[neurons[by] == g]["layer"].value_counts().reindex(range(n_layers), fill_value=0)
+        ax.bar(np.arange(n_layers) + (k - (len(groups) - 1) / 2) * width, counts / max(counts.sum(), 1),
+               width=width, label=f"{g} (n={int(counts.sum())})")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("share of knowledge neurons")
+    ax.set_title("Where knowledge neurons sit")
+    if groups:
+        ax.legend()
+    return fig
+
+
+def completeness_by_layer(df: pd.DataFrame, steps: int) -> plt.Figure:
+    """Sum of a layer's IG scores against the effect of zeroing the layer, per prompt and layer."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a1.scatter(df["delta_p"], df["ig_sum"], s=10, c=df["layer"], cmap="viridis")
+    lim = [min(df["delta_p"].min(), df["ig_sum"].min()), max(df["delta_p"].max(), df["ig_sum"].max())]
+    a1.plot(lim, lim, color="gray", lw=1)
+    a1.set_xlabel("p(answer) - p(answer | layer zeroed)")
+    a1.set_ylabel(f"sum of IG scores (m={steps})")
+    a1.set_title("Completeness")
+    med = df.groupby("layer")["gap"].median()
+    a2.bar(med.index, med.to_numpy())
+    a2.set_yscale("log")
+    a2.set_xlabel("layer")
+    a2.set_ylabel("median relative gap")
+    a2.set_title(f"Quadrature error at m={steps}")
+    fig.tight_layout()
+    return fig
+
+
+def neurons_per_relation(counts: pd.DataFrame, per_relation: pd.DataFrame) -> plt.Figure:
+    """Knowledge neurons per fact (IG and activation baseline) per relation, and each relation's final p."""
+    long = counts.melt(id_vars=["fact_id", "relation"], var_name="method", value_name="neurons")
+    order = per_relation.sort_values("share").index.tolist()
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(max(8, 0.35 * len(order)), 6), sharex=True)
+    sns.barplot(long, x="relation", y="neurons", hue="method", order=order, ax=a1, errorbar=("ci", 95))
+    a1.set_ylabel("knowledge neurons per fact")
+    a1.set_xlabel("")
+    a2.bar(range(len(order)), per_relation.loc[order, "share"])
+    a2.set_xticks(range(len(order)), order, rotation=90)
+    a2.set_ylabel("final share p (IG)")
+    a2.axhline(0.7, color="gray", lw=1, ls="--")
+    fig.tight_layout()
+    return fig
+
+
+def sensitivity_grid(grid: pd.DataFrame) -> plt.Figure:
+    """Mean knowledge neurons per fact over the (threshold, share) grid."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    sns.heatmap(grid.pivot(index="threshold", columns="share", values="mean_neurons"), annot=True, fmt=".2f",
+                cmap="viridis", ax=ax, cbar_kws={"label": "KNs per fact"})
+    ax.set_title("Refinement thresholds")
+    return fig

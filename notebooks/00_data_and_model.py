@@ -87,8 +87,7 @@ counts.sum(numeric_only=True)
 
 # %%
 rels = relations or [r for r in view.relations.relation if (counts.set_index("relation").facts_after[r] > 0)]
-n = n_facts_per_relation if n_facts_per_relation is not None else len(view.facts)
-sample = view.sample_facts(n, seed=seed, relations=rels)
+sample = view.sample_facts(n_facts_per_relation, seed=seed, relations=rels)
 prompts = view.prompts[view.prompts.fact_id.isin(sample.fact_id)].reset_index(drop=True)
 pred = kn.metrics.predict_prompts(lm, prompts, batch_size=batch_size, top_k=top_k)
 io.atomic_write_parquet(out / "predictions.parquet", pred)

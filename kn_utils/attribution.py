@@ -1,0 +1,459 @@
+"""Integrated gradients over FFN neurons, the paper's knowledge attribution (Dai et al. §3.1).
+
+For a prompt, a layer ``l`` and the neuron activations ``a`` of that layer at the prediction
+position, the attribution of neuron ``i`` is
+
+    score_i = a_i * mean_k  d p(answer | layer l's activation := alpha_k * a) / d (alpha_k * a)_i
+
+with a zero baseline, ``alpha_k = k / m`` for ``k = 0..m-1`` (the official code's left Riemann
+sum; "right", "midpoint" and "trapezoid" are options), every other layer running normally and
+``p`` the softmax probability of the gold token. Scores sum (as m grows) to
+``p(answer) - p(answer | layer l's activation zeroed at the prediction position)``.
+
+Two implementations give the same numbers:
+
+- ``integrated_gradients`` (fast): the patch only touches the prediction position of layer
+  ``l``, so everything below layer ``l`` is the clean forward pass, computed once per prompt.
+  Each step runs the stack from layer ``l`` upward only. For causal models the positions before
+  the prediction cannot see the patch at all: their keys/values are cached once and each step runs
+  a single token. The ``m`` steps of a layer are one batch.
+- ``integrated_gradients_reference`` (plain): per layer, the full model on the full prompt for
+  every step (steps batched), as the official code does. Used by tests and ``make bench``.
+
+Usage::
+
+    scores = kn.integrated_gradients(lm, ["The capital of France is [MASK]."], ["Paris"])
+    scores.shape        # [n_prompts, n_layers, d_ff]
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .hooks import ffn_pre_hooks, record_ffn
+from .models import LanguageModel, _get
+
+METHODS = ("left", "right", "midpoint", "trapezoid")
+
+
+def ig_alphas(steps: int, method: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaling factors ``alpha_k`` and quadrature weights ``w_k`` (sum 1) for ``steps`` steps.
+
+    >>> ig_alphas(4)[0].tolist()
+    [0.0, 0.25, 0.5, 0.75]
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    k = torch.arange(steps, dtype=torch.float32)
+    if method == "left":
+        return k / steps, torch.full((steps,), 1 / steps)
+    if method == "right":
+        return (k + 1) / steps, torch.full((steps,), 1 / steps)
+    if method == "midpoint":
+        return (k + 0.5) / steps, torch.full((steps,), 1 / steps)
+    if method == "trapezoid":
+        w = torch.full((steps + 1,), 1 / steps)
+        w[0] = w[-1] = 0.5 / steps
+        return torch.arange(steps + 1, dtype=torch.float32) / steps, w
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+@contextlib.contextmanager
+def frozen(lm: LanguageModel) -> Iterator[None]:
+    """No weight gradients inside: IG only needs gradients with respect to activations."""
+    flags = [(p, p.requires_grad) for p in lm.model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def stack_from(lm: LanguageModel, start: int, hidden_in: torch.Tensor) -> Iterator[None]:
+    """Run only blocks ``start..n_layers-1``, feeding ``hidden_in`` to block ``start``.
+
+    The model's own forward still builds masks, positions and the head, so no model code is
+    forked: the block list is temporarily cut (and per-layer config such as Gemma's
+    ``layer_types`` with it), and a pre-hook on the first kept block swaps in the hidden states
+    that the skipped blocks would have produced. Whatever the embeddings compute is discarded.
+    """
+    parent_path, _, attr = lm.adapter.layers.rpartition(".")
+    parent = _get(lm.model, parent_path)
+    full = getattr(parent, attr)
+    config = lm.model.config
+    layer_types = getattr(config, "layer_types", None)
+
+    def swap_input(module, args, kwargs):
+        if args:
+            return (hidden_in, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden_in}
+
+    handle = full[start].register_forward_pre_hook(swap_input, with_kwargs=True)
+    try:
+        setattr(parent, attr, torch.nn.ModuleList(list(full)[start:]))
+        if layer_types is not None:
+            config.layer_types = list(layer_types)[start:]
+        yield
+    finally:
+        setattr(parent, attr, full)
+        if layer_types is not None:
+            config.layer_types = layer_types
+        handle.remove()
+
+
+def _record_block_inputs(lm: LanguageModel) -> tuple[list, contextlib.ExitStack]:
+    """Pre-hooks storing each block's input hidden states ``[batch, pos, d_model]``."""
+    store: list = [None] * lm.n_layers
+    stack = contextlib.ExitStack()
+    for i, block in enumerate(lm.layers):
+        def hook(module, args, kwargs, i=i):
+            store[i] = (args[0] if args else kwargs["hidden_states"]).detach()
+        stack.callback(block.register_forward_pre_hook(hook, with_kwargs=True).remove)
+    return store, stack
+
+
+class _CleanRun:
+    """One prompt's clean pass: activations and block inputs, plus what a step needs to re-run."""
+
+    def __init__(self, lm: LanguageModel, prompt: str):
+        self.lm = lm
+        batch = lm.encode([prompt])
+        self.ids = batch.input_ids  # [1, pos]
+        self.mask = batch.attention_mask  # [1, pos]
+        self.pred = int(batch.pred_pos[0])
+        blocks, block_hooks = _record_block_inputs(lm)
+        acts: dict[int, torch.Tensor] = {}
+
+        def keep(l):
+            def fn(x):  # x: [1, pos, d_ff]
+                acts[l] = x[0, -1 if lm.is_causal else self.pred].detach()  # [d_ff]
+            return fn
+
+        self.cache = None  # causal models: keys/values of the prompt before the prediction position
+        with torch.no_grad(), block_hooks:
+            if lm.is_causal:
+                n = self.ids.shape[1]
+                if n > 1:  # keys/values of the prefix never see the patch: compute them once
+                    out = lm.model(input_ids=self.ids[:, :-1], use_cache=True)
+                    self.cache = out.cache
+                self.last = self.ids[:, -1:]  # [1, 1]
+                self.position = torch.tensor([[n - 1]], device=self.ids.device)  # [1, 1]
+                with ffn_pre_hooks(lm, {l: keep(l) for l in range(lm.n_layers)}):
+                    out = lm.model(input_ids=self.last, position_ids=self.position,
+                                   cache=copy.deepcopy(self.cache), use_cache=True,
+                                   logits_to_keep=1)
+                logits = out.logits[0, -1]  # [vocab]
+            else:
+                with ffn_pre_hooks(lm, {l: keep(l) for l in range(lm.n_layers)}):
+                    hidden = lm.body(input_ids=self.ids, attention_mask=self.mask)[0]  # [1, pos, d_model]
+                logits = lm.head(hidden[0, self.pred])  # [vocab]
+        self.acts = torch.stack([acts[l] for l in range(lm.n_layers)])  # [n_layers, d_ff]
+        self.blocks = blocks  # per layer: [1, pos, d_model] (causal: the last position only)
+        self.probs = logits.float().softmax(-1)  # [vocab]
+
+    def _patch_hooks(self, patches, stack: contextlib.ExitStack, grow: bool) -> None:
+        """FFN hooks writing each patch into its own rows (the last rows present at its layer when
+        ``grow``, else consecutive blocks of the batch in patch order)."""
+        at = -1 if self.lm.is_causal else self.pred  # the prediction position in the tensors that run
+        lo = 0
+        fns = {}
+        for layer, values in patches:
+            n = values.shape[0]
+            rows = slice(-n, None) if grow else slice(lo, lo + n)
+            lo += n
+
+            def put(x, rows=rows, values=values):  # x: [batch, pos, d_ff]
+                x = x.clone()
+                x[rows, at] = values
+                return x
+            fns[layer] = put
+        stack.enter_context(ffn_pre_hooks(self.lm, fns))
+
+    def _cache(self, rows_per_layer: list[int]):
+        """A fresh cache whose layer ``j`` holds the prefix keys/values repeated ``rows_per_layer[j]`` times.
+
+        The repeats are views and the forward only appends, so the clean cache is never touched.
+        """
+        if self.cache is None:
+            return None
+        cache = copy.copy(self.cache)
+        cache.layers = []
+        for layer, rows in zip(self.cache.layers, rows_per_layer):
+            layer = copy.copy(layer)
+            layer.keys = layer.keys.expand(rows, -1, -1, -1)  # [rows, kv_heads, pos, head_dim]
+            layer.values = layer.values.expand(rows, -1, -1, -1)
+            cache.layers.append(layer)
+        return cache
+
+    def _logits(self, b: int, cache) -> torch.Tensor:
+        lm = self.lm
+        if lm.is_causal:
+            out = lm.model(input_ids=self.last.expand(b, 1), position_ids=self.position.expand(b, 1),
+                           cache=cache, use_cache=cache is not None, logits_to_keep=1)
+            return out.logits[:, -1]  # [rows, vocab]
+        hidden = lm.body(input_ids=self.ids.expand(b, -1), attention_mask=self.mask.expand(b, -1))[0]
+        return lm.head(hidden[:, self.pred])  # [rows, vocab]
+
+    def patched_probs(self, patches: list[tuple[int, torch.Tensor]], answer_id: int) -> torch.Tensor:
+        """p(answer) when one layer's activation at the prediction position is replaced, per row.
+
+        ``patches`` is ``[(layer, values [rows_i, d_ff]), ...]`` (distinct layers); a row is patched at
+        its own layer only. Returns ``[sum rows_i]`` in patch order. No row runs the blocks below its
+        layer: where the architecture allows (``Adapter.grows``), one carrier row runs the clean
+        states upward and each layer's rows join the batch at that layer; otherwise the block list
+        is cut at the lowest patched layer.
+        """
+        lm = self.lm
+        patches = sorted(patches, key=lambda lv: lv[0])
+        layers = [l for l, _ in patches]
+        if len(set(layers)) != len(layers):
+            raise ValueError("each layer may be patched once per call")
+        with contextlib.ExitStack() as stack:
+            if lm.adapter.grows:
+                joining = {l: v.shape[0] for l, v in patches}
+                for l, n in joining.items():
+                    clean = self.blocks[l]  # [1, pos, d_model]
+
+                    def join(module, args, kwargs, n=n, clean=clean):
+                        h = args[0] if args else kwargs["hidden_states"]
+                        h = torch.cat([h, clean.expand(n, -1, -1)])  # [rows + n, pos, d_model]
+                        return ((h, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
+                    stack.callback(lm.layers[l].register_forward_pre_hook(join, with_kwargs=True).remove)
+                self._patch_hooks(patches, stack, grow=True)
+                rows, sizes = 1, []
+                for j in range(lm.n_layers):
+                    rows += joining.get(j, 0)
+                    sizes.append(rows)
+                logits = self._logits(1, self._cache(sizes))[1:]  # drop the carrier row
+            else:
+                b = sum(v.shape[0] for _, v in patches)
+                cache = self._cache([b] * lm.n_layers)  # before the cut: inside it n_layers shrinks
+                self._patch_hooks(patches, stack, grow=False)
+                stack.enter_context(stack_from(lm, layers[0], self.blocks[layers[0]].expand(b, -1, -1)))
+                logits = self._logits(b, cache)
+        return logits.float().softmax(-1)[:, answer_id]  # [rows]
+
+
+def _check(lm: LanguageModel, prompts, answers, layers):
+    if isinstance(prompts, str) or isinstance(answers, str):
+        raise TypeError("prompts and answers must be lists (one answer per prompt)")
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    layers = list(range(lm.n_layers)) if layers is None else list(layers)
+    for l in layers:
+        if not 0 <= l < lm.n_layers:
+            raise IndexError(f"layer {l} out of range: {lm.name} has layers 0..{lm.n_layers - 1}")
+    return layers
+
+
+def integrated_gradients(lm: LanguageModel, prompts: list[str], answers: list[str], steps: int = 20,
+                         method: str = "left", layers: list[int] | None = None, progress: bool = False,
+                         return_clean: bool = False, layer_chunk: int | None = None):
+    """IG scores ``[n_prompts, n_layers, d_ff]`` (layers not asked for stay 0), fast path.
+
+    ``layer_chunk`` layers are attributed in one batch of ``steps x layer_chunk`` rows (default:
+    all layers where the architecture lets rows join at their own layer, else 6, because then the
+    batch starts at the lowest layer of the chunk). The numbers do not depend on it.
+    With ``return_clean=True`` also returns the clean activations ``[n_prompts, n_layers, d_ff]``
+    and the clean answer probabilities ``[n_prompts]``, which come for free.
+    """
+    layers = sorted(set(_check(lm, prompts, answers, layers)))
+    layer_chunk = layer_chunk or (lm.n_layers if lm.adapter.grows else 6)
+    if layer_chunk < 1:
+        raise ValueError(f"layer_chunk must be >= 1, got {layer_chunk}")
+    alphas, weights = ig_alphas(steps, method)
+    dev = lm.device
+    alphas, weights = alphas.to(dev), weights.to(dev)
+    scores = torch.zeros(len(prompts), lm.n_layers, lm.d_ff)
+    clean_acts = torch.zeros(len(prompts), lm.n_layers, lm.d_ff)
+    clean_p = torch.zeros(len(prompts))
+    chunks = [layers[k:k + layer_chunk] for k in range(0, len(layers), layer_chunk)]
+    with frozen(lm):
+        for i in tqdm(range(len(prompts)), desc="IG", disable=not progress, leave=False):
+            answer_id = lm.answer_id(answers[i])
+            run = _CleanRun(lm, prompts[i])
+            clean_acts[i] = run.acts.cpu()
+            clean_p[i] = run.probs[answer_id].cpu()
+            for chunk in chunks:
+                patches = [(l, (alphas[:, None] * run.acts[l][None, :]).requires_grad_(True))  # [steps, d_ff]
+                           for l in chunk]
+                p = run.patched_probs(patches, answer_id)  # [steps * len(chunk)]
+                grads = torch.autograd.grad(p.sum(), [v for _, v in patches])  # each [steps, d_ff]
+                for l, g in zip(chunk, grads):
+                    scores[i, l] = (run.acts[l] * (weights[:, None] * g).sum(0)).cpu()  # [d_ff]
+    return (scores, clean_acts, clean_p) if return_clean else scores
+
+
+def integrated_gradients_reference(lm: LanguageModel, prompts: list[str], answers: list[str], steps: int = 20,
+                                   method: str = "left", layers: list[int] | None = None) -> torch.Tensor:
+    """The plain scheme: per layer, the whole model on the whole prompt for every step."""
+    layers = _check(lm, prompts, answers, layers)
+    alphas, weights = ig_alphas(steps, method)
+    scores = torch.zeros(len(prompts), lm.n_layers, lm.d_ff)
+    with frozen(lm):
+        for i, (prompt, answer) in enumerate(zip(prompts, answers)):
+            answer_id = lm.answer_id(answer)
+            one = lm.encode([prompt])
+            with torch.no_grad(), record_ffn(lm) as acts:
+                lm.prediction_logits(one)
+            batch = lm.encode([prompt] * len(alphas))
+            for l in layers:
+                a = acts[l][0]  # [d_ff]
+                patched = (alphas[:, None].to(a) * a[None, :]).requires_grad_(True)  # [steps, d_ff]
+
+                def put(x, patched=patched):  # x: [steps, pos, d_ff]
+                    x = x.clone()
+                    x[torch.arange(x.shape[0]), batch.pred_pos] = patched
+                    return x
+
+                with ffn_pre_hooks(lm, {l: put}):
+                    p = lm.prediction_logits(batch).float().softmax(-1)[:, answer_id]  # [steps]
+                (grad,) = torch.autograd.grad(p.sum(), patched)
+                scores[i, l] = (a * (weights[:, None].to(a) * grad).sum(0)).cpu()
+    return scores
+
+
+# --------------------------------------------------------------------------- per-fact cache
+
+CACHE_VERSION = 1  # bump when the stored numbers would change
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    """``"i/N"`` -> ``(i, N)``; None or "" -> ``(0, 1)``."""
+    if not shard:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in str(shard).split("/"))
+    except ValueError:
+        raise ValueError(f"SHARD must look like i/N (e.g. 0/4), got {shard!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"SHARD {shard!r}: need 0 <= i < N")
+    return i, n
+
+
+def attribution_dir(cache_dir, model_name: str, steps: int, method: str, keep_ratio: float) -> Path:
+    """Where one setting's per-fact files live; the name spells out everything that changes them."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name)
+    return Path(cache_dir) / safe / f"ig-{method}-m{steps}-keep{keep_ratio:g}-v{CACHE_VERSION}"
+
+
+def _fact_table(fact_id: str, scores: torch.Tensor, acts: torch.Tensor, probs: torch.Tensor,
+                keep_ratio: float) -> pd.DataFrame:
+    from .neurons import sparse_scores
+
+    ig = sparse_scores(scores, keep_ratio).assign(kind="ig")
+    act = sparse_scores(acts, keep_ratio).assign(kind="act")
+    p = pd.DataFrame({"prompt": range(len(probs)), "layer": -1, "neuron": -1, "score": probs.numpy(), "kind": "p"})
+    table = pd.concat([ig, act, p], ignore_index=True)
+    table.insert(0, "fact_id", fact_id)
+    return table.astype({"prompt": "int32", "layer": "int16", "neuron": "int32", "score": "float32"})
+
+
+def attribute_facts(lm: LanguageModel, pararel, fact_ids: list[str], cache_dir, steps: int = 20,
+                    method: str = "left", keep_ratio: float = 0.1, shard: str | None = None,
+                    progress: bool = True) -> pd.DataFrame:
+    """IG for every prompt of each fact, cached per fact; returns the sparse table of the facts done.
+
+    One parquet file per fact, written atomically, so an interrupted run resumes at the first
+    missing fact and a rerun with the same settings computes nothing. ``shard="i/N"`` (default:
+    the ``SHARD`` environment variable) computes only every N-th fact starting at i, so N
+    processes or GPUs can share the work; a run without a shard then finds them all cached.
+
+    Rows: ``fact_id, prompt, layer, neuron, score, kind`` with ``kind`` = ``"ig"`` (IG scores
+    >= keep_ratio * the prompt's max), ``"act"`` (clean activations, same rule) or ``"p"`` (the
+    clean answer probability; layer = neuron = -1). ``prompt`` indexes ``pararel.bag(fact_id)``.
+    """
+    import os
+
+    from . import io
+
+    i, n = parse_shard(shard if shard is not None else os.environ.get("SHARD"))
+    out = attribution_dir(cache_dir, lm.name, steps, method, keep_ratio)
+    mine = [f for k, f in enumerate(fact_ids) if k % n == i]
+    todo = [f for f in mine if not (out / f"{f}.parquet").exists()]
+    if todo:
+        io.atomic_write_json(out / "settings.json", {"model": lm.name, "steps": steps, "method": method,
+                                                     "keep_ratio": keep_ratio, "version": CACHE_VERSION})
+    answers = pararel.facts.set_index("fact_id")["object"]
+    for fact_id in tqdm(todo, desc=f"IG facts (shard {i}/{n})", disable=not progress):
+        prompts = pararel.bag(fact_id)
+        scores, acts, probs = integrated_gradients(lm, prompts, [answers[fact_id]] * len(prompts), steps=steps,
+                                                   method=method, return_clean=True)
+        io.atomic_write_parquet(out / f"{fact_id}.parquet", _fact_table(fact_id, scores, acts, probs, keep_ratio))
+    done = [f for f in mine if (out / f"{f}.parquet").exists()]
+    if not done:
+        return _fact_table("", torch.zeros(0, 1, 1), torch.zeros(0, 1, 1), torch.zeros(0), keep_ratio)
+    return pd.concat([pd.read_parquet(out / f"{f}.parquet") for f in done], ignore_index=True)
+
+
+def completeness(lm: LanguageModel, prompts: list[str], answers: list[str], steps: int = 20,
+                 method: str = "left") -> pd.DataFrame:
+    """How far each layer's IG scores are from summing to the effect of zeroing that layer.
+
+    One row per (prompt, layer): ``ig_sum`` = sum of the layer's scores, ``delta_p`` =
+    p(answer) - p(answer | the layer's activation at the prediction position zeroed), and the
+    relative ``gap`` = |ig_sum - delta_p| / |delta_p|. At a finite ``steps`` the gap is the
+    quadrature error of the Riemann sum; it vanishes as ``steps`` grows.
+    """
+    from .hooks import patch_ffn
+    from .metrics import answer_probs
+
+    scores, _, p_clean = integrated_gradients(lm, prompts, answers, steps=steps, method=method,
+                                              return_clean=True)
+    rows = []
+    for l in range(lm.n_layers):
+        with patch_ffn(lm, [(l, j) for j in range(lm.d_ff)], mode="zero"):
+            p_zero = answer_probs(lm, prompts, answers)  # [n_prompts]
+        for i in range(len(prompts)):
+            ig_sum, delta = float(scores[i, l].sum()), float(p_clean[i] - p_zero[i])
+            rows.append({"prompt": prompts[i], "layer": l, "ig_sum": ig_sum, "delta_p": delta,
+                         "gap": abs(ig_sum - delta) / abs(delta) if delta else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def select_facts(pararel, relations: list[str] | None, n_facts_per_relation: int | None, seed: int,
+                 min_prompts: int = 3) -> tuple[pd.DataFrame, list[str]]:
+    """The facts notebook 01 attributes: a seeded sample per relation, by default from every relation
+    with at least ``min_prompts`` usable templates (the official refinement needs that many
+    paraphrases to agree, so other relations can have no knowledge neurons). Returns the facts and
+    the relations left out for that reason."""
+    usable = pararel.relations[pararel.relations.n_templates >= min_prompts].relation.tolist()
+    too_few = sorted(set(pararel.relations.relation) - set(usable))
+    return pararel.sample_facts(n_facts_per_relation, seed=seed, relations=relations or usable), too_few
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kn_utils.attribution --params params/default.yaml --shard 0/2``: compute one shard of
+    notebook 01's attributions into the cache; running notebook 01 afterwards joins all shards."""
+    import argparse
+
+    from . import io
+    from .data import load_pararel
+    from .models import load_model
+
+    ap = argparse.ArgumentParser(prog="python -m kn_utils.attribution",
+                                 description="Compute one shard of notebook 01's attributions into the cache.")
+    ap.add_argument("--params", required=True)
+    ap.add_argument("--shard", default=None, help="i/N (default: the SHARD environment variable, else all)")
+    args = ap.parse_args(argv)
+    p = io.notebook_params(io.load_params(args.params), "01_attribution")
+    lm = load_model(p["model"], device=p["device"], cache_dir=io.resolve(p["model_cache_dir"]))
+    view, _ = load_pararel(io.resolve(p["data_dir"])).for_model(lm)
+    facts, _ = select_facts(view, p["relations"], p["n_facts_per_relation"], p["seed"], p["min_prompts"])
+    table = attribute_facts(lm, view, facts.fact_id.tolist(), io.resolve(p["attribution_cache"]),
+                            steps=p["ig_steps"], method=p["ig_method"], keep_ratio=p["keep_ratio"], shard=args.shard)
+    print(f"{table.fact_id.nunique()} facts of shard {args.shard or 'all'} attributed")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
