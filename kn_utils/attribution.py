@@ -149,7 +149,7 @@ class _CleanRun:
                 self.position = torch.tensor([[n - 1]], device=self.ids.device)  # [1, 1]
                 with ffn_pre_hooks(lm, {l: keep(l) for l in range(lm.n_layers)}):
                     out = lm.model(input_ids=self.last, position_ids=self.position,
-                                   cache=copy.deepcopy(self.cache), use_cache=True,
+                                   cache=self._cache([1] * lm.n_layers), use_cache=self.cache is not None,
                                    logits_to_keep=1)
                 logits = out.logits[0, -1]  # [vocab]
             else:

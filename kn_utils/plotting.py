@@ -69,13 +69,21 @@ def knowledge_by_relation(table: pd.DataFrame, pred: pd.DataFrame, model_name: s
     return fig
 
 
-def ig_heatmap(scores, title: str) -> plt.Figure:
-    """One fact's IG scores, layer x neuron (the paper's attribution picture)."""
-    s = np.asarray(scores)
+def ig_heatmap(scores, title: str, columns: int = 256) -> plt.Figure:
+    """One fact's IG scores, layer x neuron. Neurons are pooled into ``columns`` bins keeping each
+    bin's largest-magnitude score (with its sign), so isolated spikes stay visible."""
+    s = np.asarray(scores)  # [n_layers, d_ff]
+    width = max(1, int(np.ceil(s.shape[1] / columns)))
+    pad = (-s.shape[1]) % width
+    binned = np.pad(s, ((0, 0), (0, pad))).reshape(s.shape[0], -1, width)  # [n_layers, bins, width]
+    pick = np.abs(binned).argmax(-1)[..., None]
+    pooled = np.take_along_axis(binned, pick, -1)[..., 0]  # [n_layers, bins]
     fig, ax = plt.subplots(figsize=(10, 3.6))
-    lim = np.abs(s).max() or 1.0
-    im = ax.imshow(s, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest", origin="lower")
-    ax.set_xlabel("FFN neuron")
+    lim = np.abs(pooled).max() or 1.0
+    im = ax.imshow(pooled, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest",
+                   origin="lower", extent=(0, s.shape[1], -0.5, s.shape[0] - 0.5))
+    ax.grid(False)
+    ax.set_xlabel(f"FFN neuron (max-|score| pooled over {width})")
     ax.set_ylabel("layer")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="IG score (mean over prompts)")
