@@ -233,7 +233,7 @@ def test_cached_table_is_the_sparse_ig(tiny_facts, tmp_path):
         rows = ig[ig.prompt == prompt]
         assert len(rows) == int(expect)
         got = torch.tensor(rows.score.to_numpy().copy())
-        assert torch.allclose(got, s[rows.layer.to_numpy(), rows.neuron.to_numpy()].float(), rtol=1e-5)
+        assert torch.allclose(got, s[torch.as_tensor(rows.layer.to_numpy().copy()).long(), torch.as_tensor(rows.neuron.to_numpy().copy()).long()].float(), rtol=1e-5)
     assert torch.allclose(torch.tensor(table[table.kind == "p"].score.to_numpy()), p, rtol=1e-5)
 
 
