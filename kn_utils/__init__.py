@@ -18,7 +18,8 @@ _EXPORTS = {
     "metrics": ["answer_probs", "predict", "prediction_distribution", "bootstrap_ci"],
     "data": ["Pararel", "UnknownRelationError", "fetch_pararel", "load_pararel"],
 }
-_MODULES = ["data", "hooks", "io", "metrics", "models", "plotting", "report", "runner"]
+_MODULES = ["attribution", "bench", "data", "hooks", "interventions", "io", "metrics", "models", "neurons",
+            "plotting", "report", "runner"]
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE) + _MODULES
 

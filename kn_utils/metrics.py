@@ -142,3 +142,28 @@ def fact_accuracy(pred: pd.DataFrame, top_k: int = 10) -> pd.DataFrame:
     return (pred.groupby(["relation", "fact_id"], sort=False)
             .agg(top1=("top1", "mean"), topk=("topk", "mean"), p=("p_answer", "mean"), prompts=("rank", "size"))
             .reset_index())
+
+
+def bootstrap_groups(df: pd.DataFrame, statistic, group: str = "fact_id", n_resamples: int = 1000,
+                     confidence: float = 0.95, seed: int = 0, strata: str | None = "relation") -> tuple[float, float]:
+    """Percentile CI of ``statistic(rows)`` resampling whole groups (facts) with replacement.
+
+    Prompts of one fact are not independent, so facts are the unit. With ``strata`` (default: the
+    relation) facts are resampled within each stratum, keeping every relation's share fixed, which
+    is what a per-relation average needs.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows_of = df.groupby(group, sort=False).indices
+    if strata is None:
+        layers = [np.array(list(rows_of))]
+    else:
+        layers = [g[group].unique() for _, g in df.groupby(strata, sort=False)]
+    values = []
+    for _ in range(n_resamples):
+        picked = np.concatenate([rows_of[f] for ids in layers for f in rng.choice(ids, size=len(ids))])
+        values.append(statistic(df.iloc[picked]))
+    alpha = (1 - confidence) / 2
+    lo, hi = np.nanquantile(values, [alpha, 1 - alpha])
+    return float(lo), float(hi)

@@ -149,3 +149,58 @@ def sensitivity_grid(grid: pd.DataFrame) -> plt.Figure:
                 cmap="viridis", ax=ax, cbar_kws={"label": "KNs per fact"})
     ax.set_title("Refinement thresholds")
     return fig
+
+
+def relation_change_bars(per_rel: pd.DataFrame, operation: str) -> plt.Figure:
+    """Relative change of the correct probability per relation, own prompts vs unrelated facts (95% CI)."""
+    own = per_rel[per_rel.target == "own"].set_index("relation")
+    other = per_rel[per_rel.target == "other"].set_index("relation")
+    order = own.sort_values("change").index.tolist()
+    x = np.arange(len(order))
+    fig, ax = plt.subplots(figsize=(max(8, 0.4 * len(order)), 3.8))
+    for k, (name, d) in enumerate([("own prompts", own), ("unrelated facts", other)]):
+        d = d.reindex(order)
+        err = np.vstack([d.change - d.ci_low, d.ci_high - d.change]).clip(min=0)
+        ax.bar(x + (k - 0.5) * 0.4, 100 * d.change, width=0.4, yerr=100 * err, capsize=2, label=name)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, order, rotation=90)
+    ax.set_ylabel("Δ correct probability (%)")
+    ax.set_title(f"{operation.capitalize()} knowledge neurons (95% CI over facts)")
+    ax.legend()
+    return fig
+
+
+def erasure_bars(result: pd.DataFrame) -> plt.Figure:
+    """Accuracy and answer perplexity before/after erasing each relation, on it and on the others."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    labels = [f"{r.erased}\n{r.mode}\n{'own' if r.scope == 'erased relation' else 'others'}"
+              for r in result.itertuples()]
+    x = np.arange(len(result))
+    for ax, (metric, name) in zip(axes, [("acc", "top-1 accuracy"), ("ppl", "answer perplexity")]):
+        ax.bar(x - 0.2, result[f"{metric}_before"], width=0.4, label="before")
+        ax.bar(x + 0.2, result[f"{metric}_after"], width=0.4, label="after erasure")
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_ylabel(name)
+        if metric == "ppl":
+            ax.set_yscale("log")
+        ax.legend()
+    fig.suptitle("Relation erasure")
+    fig.tight_layout()
+    return fig
+
+
+def update_scatter(edited: pd.DataFrame) -> plt.Figure:
+    """Per edited fact: new answer's probability before vs after, and the old answer's."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, col, name in [(a1, "p_new", "new answer"), (a2, "p_old", "old answer")]:
+        ax.scatter(edited[f"{col}_before"], edited[f"{col}_after"], s=14)
+        lim = [1e-8, 1]
+        ax.plot(lim, lim, color="gray", lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"p({name}) before the edit")
+        ax.set_ylabel(f"p({name}) after the edit")
+        ax.set_title(name)
+    fig.suptitle(f"Fact updates (n={len(edited)})")
+    fig.tight_layout()
+    return fig

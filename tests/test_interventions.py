@@ -1,0 +1,174 @@
+"""Weight edits restore exactly; erasure, update and the paper's metrics equal hand computations."""
+import copy
+import math
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import kn_utils as kn
+from kn_utils import interventions as iv
+
+
+def snapshot(lm):
+    return {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
+
+
+def assert_same(lm, snap):
+    for k, v in lm.model.state_dict().items():
+        assert torch.equal(v, snap[k]), k
+
+
+@pytest.fixture(params=["tiny-gpt2", "tiny-llama", "tiny-bert"])
+def lm(request):
+    return kn.load_model(request.param)
+
+
+def prompts_for(lm):
+    if lm.is_causal:
+        return ["The capital of France is [MASK].", "Albert Einstein was born in [MASK] ."], ["Paris", "Paris"]
+    return ["[MASK] is the capital of France.", "The capital of France is [MASK] ."], ["Paris", "Paris"]
+
+
+def test_edits_restore_bit_exactly_even_when_the_body_raises(lm):
+    snap = snapshot(lm)
+    neurons = [(1, 5), (3, 17), (3, 2)]
+    emb = lm.input_embeddings.weight
+    edits = [
+        lambda: iv.edit_value_vectors(lm, neurons, torch.randn(3, lm.d_model)),
+        lambda: iv.erase_neurons(lm, neurons, mode="zero"),
+        lambda: iv.update_fact(lm, neurons, old_id=11, new_id=12),
+    ]
+    if lm.tokenizer.unk_token_id is not None:
+        edits.append(lambda: iv.erase_neurons(lm, neurons, mode="unk"))
+    for make in edits:
+        with make():
+            changed = [k for k, v in lm.model.state_dict().items() if not torch.equal(v, snap[k])]
+            assert len(changed) == 2  # the two output projections touched, nothing else
+        assert_same(lm, snap)
+        with pytest.raises(RuntimeError, match="boom"):
+            with make():
+                raise RuntimeError("boom")
+        assert_same(lm, snap)
+    assert emb is lm.input_embeddings.weight
+
+
+def test_zero_erasure_equals_editing_the_raw_weight(lm):
+    prompts, answers = prompts_for(lm)
+    neurons = [(2, 9), (2, 40), (0, 3)]
+    manual = copy.deepcopy(lm)
+    with torch.no_grad():
+        for l, n in neurons:
+            w = manual.ffn_out(l).weight
+            if lm.adapter.value_dim == 1:  # nn.Linear [d_model, d_ff]
+                w[:, n] = 0
+            else:  # GPT-2 Conv1D [d_ff, d_model]
+                w[n, :] = 0
+        expected = manual.prediction_logits(manual.encode(prompts))
+        with iv.erase_neurons(lm, neurons, mode="zero"):
+            got = lm.prediction_logits(lm.encode(prompts))
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_unk_erasure_uses_the_unknown_token_embedding(monkeypatch):
+    lm = kn.load_model("tiny-bert")
+    unk = lm.input_embeddings.weight[lm.tokenizer.unk_token_id]
+    with iv.erase_neurons(lm, [(1, 4)], mode="unk"):
+        assert torch.equal(lm.value_vectors(1)[4], unk)
+    monkeypatch.setattr(lm, "tokenizer", types.SimpleNamespace(unk_token_id=None))  # e.g. a byte-level BPE
+    with pytest.raises(ValueError, match="mode='zero'"):
+        iv.erase_neurons(lm, [(1, 4)], mode="unk")
+
+
+def test_update_fact_follows_the_official_formula():
+    lm = kn.load_model("tiny-llama")
+    v = lm.value_vectors(2)[7].detach().clone()
+    e = lm.input_embeddings.weight.detach()
+    old, new = e[100], e[200]
+    expected = v - 1.0 * v.norm() / old.norm() * old + 8.0 * v.norm() / new.norm() * new
+    with iv.update_fact(lm, [(2, 7)], old_id=100, new_id=200, lambda1=1.0, lambda2=8.0):
+        assert torch.allclose(lm.value_vectors(2)[7], expected, atol=1e-6)
+
+
+def test_drop_shared_neurons():
+    # 11 facts: F0's neuron (1, 1) is also a knowledge neuron of 2 of the 10 other facts (20% > 10%),
+    # (2, 2) of 1 (10%, kept), (3, 3) of none
+    kns = {"F0": [(1, 1), (2, 2), (3, 3)], "F1": [(1, 1), (2, 2)], "F2": [(1, 1)]}
+    kns.update({f"F{i}": [(9, 9)] for i in range(3, 11)})
+    assert iv.drop_shared_neurons("F0", kns, ratio=0.1) == [(2, 2), (3, 3)]
+    assert iv.drop_shared_neurons("F0", kns, ratio=0.2) == [(1, 1), (2, 2), (3, 3)]
+
+
+def test_bad_edit_input():
+    lm = kn.load_model("tiny-llama")
+    with pytest.raises(ValueError, match="duplicate"):
+        iv.erase_neurons(lm, [(1, 1), (1, 1)])
+    with pytest.raises(ValueError, match=r"new_values must be \[1, 64\]"):
+        with iv.edit_value_vectors(lm, [(1, 1)], torch.zeros(2, 64)):
+            pass
+    with pytest.raises(IndexError, match="out of range"):
+        iv.erase_neurons(lm, [(4, 1)])
+    with pytest.raises(ValueError, match="mode must be"):
+        iv.erase_neurons(lm, [(1, 1)], mode="mean")
+
+
+def test_evaluate_matches_predict_and_nll(lm):
+    prompts, answers = prompts_for(lm)
+    ev = iv.evaluate(lm, prompts, answers)
+    ref = kn.predict(lm, prompts, answers)
+    assert ev["rank"].tolist() == ref["rank"].tolist()
+    assert np.allclose(ev.p_answer, ref.p_answer, rtol=1e-5)
+    probs = kn.answer_probs(lm, prompts, answers)
+    assert torch.allclose(iv.answer_nll(lm, prompts, answers).float(), -probs.log(), rtol=1e-5)
+    with pytest.raises(ValueError, match="2 prompts but 1 answers"):
+        iv.evaluate(lm, prompts, answers[:1])
+
+
+def test_suppression_through_the_patch_equals_a_manual_edit():
+    lm = kn.load_model("tiny-llama")
+    prompts, answers = prompts_for(lm)
+    batch = lm.encode(prompts)
+    aid = lm.answer_ids(answers)
+
+    def hook(module, args):
+        x = args[0].clone()
+        x[torch.arange(len(batch)), batch.pred_pos, 33] = 0
+        return (x,)
+
+    h = lm.ffn_out(3).register_forward_pre_hook(hook)
+    try:
+        with torch.no_grad():
+            logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                              position_ids=batch.position_ids).logits[:, -1]
+    finally:
+        h.remove()
+    manual = logits.softmax(-1)[torch.arange(2), aid]
+    with kn.patch_ffn(lm, [(3, 33)], mode="zero"):
+        ours = torch.as_tensor(iv.evaluate(lm, prompts, answers).p_answer.to_numpy())
+    assert torch.allclose(ours, manual, rtol=1e-5)
+
+
+def test_perplexity_is_exp_mean_nll():
+    nll = [0.5, 1.0, 2.5]
+    assert math.isclose(iv.perplexity(torch.tensor(nll)), math.exp(sum(nll) / 3), rel_tol=1e-12)
+
+
+def test_the_papers_ratio_metric():
+    assert iv.relative_change([0.2, 0.4], [0.1, 0.2]) == pytest.approx(-0.5)
+    # pooled: instances with a large probability dominate, unlike the per-fact mean
+    df = pd.DataFrame({"fact_id": ["a", "a", "b"], "before": [0.8, 0.8, 0.01], "after": [0.4, 0.4, 0.02]})
+    assert iv.relative_change(df.before, df.after) == pytest.approx((0.82 / 3 - 1.61 / 3) / (1.61 / 3))
+    per_fact = iv.per_fact_relative_change(df, "before", "after")
+    assert per_fact["a"] == pytest.approx(-0.5) and per_fact["b"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="differ"):
+        iv.relative_change([1, 2], [1])
+
+
+def test_relation_average_and_group_bootstrap():
+    df = pd.DataFrame({"relation": ["R1"] * 4 + ["R2"] * 2, "fact_id": ["a", "a", "b", "b", "c", "c"],
+                       "p_before": [0.5, 0.5, 0.5, 0.5, 0.1, 0.1], "p_after": [0.25, 0.25, 0.25, 0.25, 0.2, 0.2]})
+    assert iv.mean_relation_change(df, "p_after") == pytest.approx((-0.5 + 1.0) / 2)
+    lo, hi = kn.metrics.bootstrap_groups(df, lambda d: iv.mean_relation_change(d, "p_after"), n_resamples=200)
+    assert lo == pytest.approx(0.25) and hi == pytest.approx(0.25)  # every fact of a relation changes alike
