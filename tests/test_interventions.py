@@ -146,7 +146,7 @@ def test_suppression_through_the_patch_equals_a_manual_edit():
         h.remove()
     manual = logits.softmax(-1)[torch.arange(2), aid]
     with kn.patch_ffn(lm, [(3, 33)], mode="zero"):
-        ours = torch.as_tensor(iv.evaluate(lm, prompts, answers).p_answer.to_numpy())
+        ours = torch.tensor(iv.evaluate(lm, prompts, answers).p_answer.to_numpy())
     assert torch.allclose(ours, manual, rtol=1e-5)
 
 
