@@ -431,6 +431,20 @@ def select_facts(pararel, relations: list[str] | None, n_facts_per_relation: int
     return pararel.sample_facts(n_facts_per_relation, seed=seed, relations=relations or usable), too_few
 
 
+def facts_knowledge_neurons(lm: LanguageModel, pararel, fact_ids: list[str], cache_dir, steps: int = 20,
+                            method: str = "left", keep_ratio: float = 0.1, **refine
+                            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Attribute (through the per-fact cache) and refine ``fact_ids`` in one call: the knowledge
+    neurons ``fact_id, relation, layer, neuron`` and one row per relation on how refinement ended.
+    ``refine`` goes to ``kn_utils.neurons.knowledge_neurons`` (threshold, share, min_prompts, ...)."""
+    from .neurons import knowledge_neurons
+
+    table = attribute_facts(lm, pararel, fact_ids, cache_dir, steps=steps, method=method, keep_ratio=keep_ratio)
+    relation_of = pararel.facts.set_index("fact_id").relation
+    return knowledge_neurons(table, {f: len(pararel.bag(f)) for f in fact_ids},
+                             {f: relation_of[f] for f in fact_ids}, **refine)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m kn_utils.attribution --params params/default.yaml --shard 0/2``: compute one shard of
     notebook 01's attributions into the cache; running notebook 01 afterwards joins all shards."""

@@ -44,6 +44,8 @@ lambda2 = 8.0
 shared_ratio = 0.1
 n_intra = 5
 n_inter = 5
+# a side effect counts as "small" when the answer perplexity grows by less than this factor (CI upper bound)
+small_ppl_ratio = 1.25
 ig_steps = 20
 ig_method = "left"
 keep_ratio = 0.1
@@ -59,8 +61,8 @@ import pandas as pd
 
 import kn_utils as kn
 from kn_utils import interventions, io, plotting
-from kn_utils.attribution import attribute_facts
-from kn_utils.neurons import knowledge_neurons
+from kn_utils.attribution import facts_knowledge_neurons
+from kn_utils.neurons import as_sets
 
 out = io.resolve(results_dir)
 out.mkdir(parents=True, exist_ok=True)
@@ -76,18 +78,16 @@ edits, neurons_by_fact = [], {}
 for rel in update_relations:
     facts = view.sample_facts(facts_per_relation, seed=seed, relations=[rel])
     ids = facts.fact_id.tolist()
-    table = attribute_facts(lm, view, ids, io.resolve(attribution_cache), steps=ig_steps, method=ig_method,
-                            keep_ratio=keep_ratio)
-    kns, _ = knowledge_neurons(table, {f: len(view.bag(f)) for f in ids}, {f: rel for f in ids},
-                               threshold=threshold, share=share, min_prompts=min_prompts)
-    by_fact = {f: [tuple(map(int, n)) for n in zip(g.layer, g.neuron)] for f, g in kns.groupby("fact_id")}
-    by_fact_all = {f: by_fact.get(f, []) for f in ids}
+    kns, _ = facts_knowledge_neurons(lm, view, ids, io.resolve(attribution_cache), steps=ig_steps,
+                                     method=ig_method, keep_ratio=keep_ratio, threshold=threshold, share=share,
+                                     min_prompts=min_prompts)
+    by_fact = {f: sorted(s) for f, s in as_sets(kns, ids).items()}
     objects = view.facts[view.facts.relation == rel].object.unique()
     for f, old in zip(facts.fact_id, facts.object):
-        neurons_by_fact[f] = interventions.drop_shared_neurons(f, by_fact_all, shared_ratio)
+        neurons_by_fact[f] = interventions.drop_shared_neurons(f, by_fact, shared_ratio)
         choices = [o for o in objects if o != old]
         edits.append({"fact_id": f, "relation": rel, "old": old, "new": choices[rng.integers(len(choices))],
-                      "kn_before_filter": len(by_fact_all[f])})
+                      "kn_before_filter": len(by_fact[f])})
 edits = pd.DataFrame(edits)
 edits["neurons"] = edits.fact_id.map(lambda f: len(neurons_by_fact[f]))
 edits
@@ -148,10 +148,12 @@ summary = {
          "verdict": "reproduced" if old_ci[1] < 0 else "not reproduced"},
         {"claim": "…with small side effects: log answer-perplexity change, same relation (intra)",
          "source": "Dai et al. §5, Table 3", "paper": "intra perplexity rises slightly",
-         "ours": f"{intra:+.3f} (×{np.exp(intra):.2f})", "ci": list(intra_ci), "n": int(len(edited)), "verdict": "context"},
+         "ours": f"{intra:+.3f} (perplexity ×{np.exp(intra):.3g})", "ci": list(intra_ci), "n": int(len(edited)),
+         "verdict": "reproduced" if intra_ci[1] < np.log(small_ppl_ratio) else "not reproduced"},
         {"claim": "…and on other relations (inter)", "source": "Dai et al. §5, Table 3",
-         "paper": "inter perplexity rises slightly", "ours": f"{inter:+.3f} (×{np.exp(inter):.2f})",
-         "ci": list(inter_ci), "n": int(len(edited)), "verdict": "context"},
+         "paper": "inter perplexity rises slightly", "ours": f"{inter:+.3f} (perplexity ×{np.exp(inter):.3g})",
+         "ci": list(inter_ci), "n": int(len(edited)),
+         "verdict": "reproduced" if inter_ci[1] < np.log(small_ppl_ratio) else "not reproduced"},
     ],
     "figures": ["updates.png"],
 }
