@@ -40,12 +40,14 @@ def edit_value_vectors(lm: LanguageModel, neurons: list[Neuron], new_values: tor
 
     The touched rows are saved and copied back on exit, however the block exits, so the model's
     weights afterwards are bit-for-bit what they were (no ``+=``/``-=`` undo, which rounds).
+    Works on every layout through ``lm.value_vectors`` (a view of the FFN output weight).
 
         with edit_value_vectors(lm, [(20, 7)], torch.zeros(1, lm.d_model)):
-            ...
+            p = kn.answer_probs(lm, prompts, answers)
     """
     neurons = _check_neurons(lm, neurons)
-    new_values = torch.as_tensor(new_values)
+    # a copy: new_values may be a view of the very rows being overwritten (e.g. swapping two neurons)
+    new_values = torch.as_tensor(new_values).detach().clone()  # [n_neurons, d_model]
     if new_values.shape != (len(neurons), lm.d_model):
         raise ValueError(f"new_values must be [{len(neurons)}, {lm.d_model}], got {tuple(new_values.shape)}")
     saved = []
@@ -53,29 +55,38 @@ def edit_value_vectors(lm: LanguageModel, neurons: list[Neuron], new_values: tor
         with torch.no_grad():
             for (l, n), v in zip(neurons, new_values):
                 values = lm.value_vectors(l)  # [d_ff, d_model], a view of the weight
-                saved.append((l, n, values[n].clone()))
-                values[n] = v.to(values.dtype)
+                saved.append((l, n, values[n].clone()))  # [d_model]
+                values[n] = v.to(values.device, values.dtype)
         yield
     finally:
         with torch.no_grad():
-            for l, n, original in saved:
-                lm.value_vectors(l)[n] = original
+            for l, n, original in reversed(saved):
+                lm.value_vectors(l)[n].copy_(original)
 
 
 def _value_matrix(lm: LanguageModel, neurons: list[Neuron]) -> torch.Tensor:
     return torch.stack([lm.value_vectors(l)[n].detach().clone() for l, n in neurons])  # [n, d_model]
 
 
-def erase_neurons(lm: LanguageModel, neurons: list[Neuron], mode: str = "zero"):
-    """Erase value vectors: ``"zero"`` (the official code) or ``"unk"`` (the unknown token's word
-    embedding, as the paper's text says). A context manager; weights restored on exit."""
+def erase_neurons(lm: LanguageModel, neurons: list[Neuron],
+                  mode: str = "zero") -> contextlib.AbstractContextManager[None]:
+    """Erase value vectors: ``"zero"`` (the official code) or ``"unk"`` (the unknown token's input word
+    embedding, as the paper's text says). A context manager; weights restored bit-exactly on exit.
+
+    Byte-level BPE tokenizers (GPT-2, SmolLM2) never emit an unknown token but still name one:
+    ``<|endoftext|>``, so ``"unk"`` uses that token's embedding there.
+
+        with erase_neurons(lm, [(20, 7), (21, 3)], mode="unk"):
+            df = evaluate(lm, prompts, answers)
+    """
     neurons = _check_neurons(lm, neurons)
     if mode == "zero":
-        new = torch.zeros(len(neurons), lm.d_model)
+        new = torch.zeros(len(neurons), lm.d_model)  # [n, d_model]
     elif mode == "unk":
         unk = getattr(lm.tokenizer, "unk_token_id", None)
         if unk is None:
-            raise ValueError(f"{lm.name}'s tokenizer has no unknown token: use mode='zero'")
+            raise ValueError(f"{lm.name}'s tokenizer has no unknown token, so mode='unk' is undefined: "
+                             "use mode='zero'")
         new = lm.input_embeddings.weight[unk].detach().expand(len(neurons), -1)  # [n, d_model]
     else:
         raise ValueError(f"mode must be 'zero' or 'unk', got {mode!r}")
@@ -83,30 +94,63 @@ def erase_neurons(lm: LanguageModel, neurons: list[Neuron], mode: str = "zero"):
 
 
 def update_fact(lm: LanguageModel, neurons: list[Neuron], old_id: int, new_id: int, lambda1: float = 1.0,
-                lambda2: float = 8.0):
+                lambda2: float = 8.0) -> contextlib.AbstractContextManager[None]:
     """The official value replacement: ``v - λ1·(‖v‖/‖E[old]‖)·E[old] + λ2·(‖v‖/‖E[new]‖)·E[new]`` for
-    each neuron, with E the input word embeddings. A context manager; weights restored on exit."""
+    each neuron, with E the input word embeddings and ``v`` its value vector as it is at call time.
+    A context manager; weights restored bit-exactly on exit.
+
+        with update_fact(lm, kns, lm.answer_id("Paris"), lm.answer_id("Rome")):
+            df = evaluate(lm, prompts, ["Rome"] * len(prompts))
+    """
     neurons = _check_neurons(lm, neurons)
     emb = lm.input_embeddings.weight.detach()
     e_old, e_new = emb[old_id].float(), emb[new_id].float()  # [d_model]
     v = _value_matrix(lm, neurons).float()  # [n, d_model]
     norm = v.norm(dim=1, keepdim=True)  # [n, 1]
-    new = v - lambda1 * norm / e_old.norm() * e_old + lambda2 * norm / e_new.norm() * e_new
+    new = v - lambda1 * norm / e_old.norm() * e_old + lambda2 * norm / e_new.norm() * e_new  # [n, d_model]
     return edit_value_vectors(lm, neurons, new)
 
 
-def drop_shared_neurons(fact_id: str, neurons_by_fact: dict[str, list[Neuron]], ratio: float = 0.1) -> list[Neuron]:
-    """Before an update, drop the fact's neurons that are knowledge neurons of too many other facts
-    of its relation (they encode the relation, not the fact).
+def _as_neurons(neurons) -> list[Neuron]:
+    # neurons read back from JSON or a DataFrame come as lists or numpy ints; membership needs tuples
+    return [(int(l), int(n)) for l, n in neurons]
 
-    A neuron is kept when at most ``ratio`` of the *other* facts in ``neurons_by_fact`` share it. The
-    official ``select_kn`` counts the fact itself twice and compares with ``ratio`` x all facts, which
-    is the same rule on a whole relation (~1,000 facts) but drops every neuron on a sample of fewer
-    than 20 facts.
+
+def drop_shared_neurons(fact_neurons: list[Neuron], relation_neurons_by_fact: dict[str, list[Neuron]],
+                        ratio: float = 0.1) -> list[Neuron]:
+    """The official filter before an update: drop the fact's neurons that are knowledge neurons of
+    too many facts of its relation (they encode the relation, not the fact).
+
+    Mirrors the official code: a neuron's count starts at 1 and grows by one for every fact list in
+    ``relation_neurons_by_fact`` that contains it (the dict includes the fact itself, so the fact
+    counts twice); it is kept when ``count <= ratio * len(relation_neurons_by_fact)``. Every count
+    is at least 2, so with ``ratio=0.1`` nothing survives unless the dict holds 20 facts or more:
+    pass the whole relation, not a sample.
+
+        kept = drop_shared_neurons(by_fact["P19_3"], by_fact, ratio=0.1)
+
+    On a sample of a relation's facts use ``drop_shared_neurons_among_others`` (notebook 05 does).
     """
-    others = [{(int(l), int(n)) for l, n in v} for f, v in neurons_by_fact.items() if f != fact_id]
+    bags = [set(_as_neurons(v)) for v in relation_neurons_by_fact.values()]
     keep = []
-    for neuron in dict.fromkeys((int(l), int(n)) for l, n in neurons_by_fact[fact_id]):
+    for neuron in dict.fromkeys(_as_neurons(fact_neurons)):
+        count = 1 + sum(neuron in bag for bag in bags)
+        if count <= ratio * len(relation_neurons_by_fact):
+            keep.append(neuron)
+    return keep
+
+
+def drop_shared_neurons_among_others(fact_id: str, neurons_by_fact: dict[str, list[Neuron]],
+                                     ratio: float = 0.1) -> list[Neuron]:
+    """The shared-neuron filter measured against the fact's *other* facts: a neuron is kept when at
+    most ``ratio`` of them share it. On a whole relation (~1,000 facts) this is the official rule up
+    to its offset of two self-counts; unlike it, it keeps neurons on a sample of a few facts.
+
+        kept = drop_shared_neurons_among_others("P19_3", by_fact, ratio=0.1)
+    """
+    others = [set(_as_neurons(v)) for f, v in neurons_by_fact.items() if f != fact_id]
+    keep = []
+    for neuron in dict.fromkeys(_as_neurons(neurons_by_fact[fact_id])):
         shared = sum(neuron in o for o in others)
         if shared <= ratio * len(others):
             keep.append(neuron)
@@ -116,11 +160,27 @@ def drop_shared_neurons(fact_id: str, neurons_by_fact: dict[str, list[Neuron]], 
 # --------------------------------------------------------------------------- evaluation
 
 
+def _answer_ids(lm: LanguageModel, answers) -> torch.Tensor:
+    """Answer words or token ids -> ``[n]`` long tensor."""
+    if torch.is_tensor(answers):
+        return answers.long()
+    answers = list(answers)
+    if answers and all(isinstance(a, (int, np.integer)) for a in answers):
+        return torch.tensor([int(a) for a in answers], dtype=torch.long)
+    return lm.answer_ids(answers)
+
+
 @torch.no_grad()
 def evaluate(lm: LanguageModel, prompts: list[str], answers, batch_size: int = 32) -> pd.DataFrame:
-    """Per prompt: ``p_answer``, ``nll`` (−log p, from log-softmax), ``rank`` (1 = top-1), ``top1``,
-    ``pred_id``. Active hooks and edits apply. One forward pass per batch."""
-    ids = answers if torch.is_tensor(answers) else lm.answer_ids(list(answers))  # [n]
+    """Per prompt: ``p_answer``, ``nll`` (−log p, from log-softmax in float32), ``rank`` (1 = top-1;
+    ties favour the answer), ``top1``, ``pred_id`` (argmax token). ``answers``: words or token ids.
+    Active hooks and edits apply. One forward pass per batch.
+
+        with erase_neurons(lm, kns):
+            df = evaluate(lm, prompts, answers)
+        df.top1.mean(), perplexity(df.nll)
+    """
+    ids = _answer_ids(lm, answers)  # [n]
     if len(ids) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(ids)} answers")
     parts = []
@@ -140,18 +200,28 @@ def evaluate(lm: LanguageModel, prompts: list[str], answers, batch_size: int = 3
 
 
 def answer_nll(lm: LanguageModel, prompts: list[str], answers, batch_size: int = 32) -> torch.Tensor:
-    """−log p(answer token) at the blank, ``[n]``."""
-    return torch.tensor(evaluate(lm, prompts, answers, batch_size)["nll"].to_numpy())
+    """−log p(answer token) at the blank, ``[n]`` (float32, from log-softmax). Active hooks and edits apply.
+
+        perplexity(answer_nll(lm, prompts, answers))
+    """
+    # torch.tensor copies: pandas may hand back a read-only array
+    return torch.tensor(evaluate(lm, prompts, answers, batch_size)["nll"].to_numpy(), dtype=torch.float32)
 
 
 def perplexity(nll) -> float:
-    """Answer-token perplexity of a set of prompts: exp of the mean negative log-likelihood."""
+    """Answer-token perplexity of a set of prompts: exp of the mean negative log-likelihood.
+
+        perplexity(torch.tensor([0.5, 1.0]))   # exp(0.75)
+    """
     nll = np.asarray(nll, dtype=np.float64)
     return float(np.exp(nll.mean())) if len(nll) else float("nan")
 
 
 def relative_change(before, after) -> float:
-    """The paper's metric: (mean(after) − mean(before)) / mean(before), pooled over all instances."""
+    """The paper's metric: (mean(after) − mean(before)) / mean(before), pooled over all instances.
+
+        relative_change([0.2, 0.4], [0.1, 0.2])   # -0.5
+    """
     before, after = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
     if before.shape != after.shape:
         raise ValueError(f"before {before.shape} and after {after.shape} differ")
@@ -159,7 +229,10 @@ def relative_change(before, after) -> float:
 
 
 def per_fact_relative_change(df: pd.DataFrame, before_col: str, after_col: str, fact_col: str = "fact_id") -> pd.Series:
-    """Per fact: (mean after − mean before) / mean before over its prompts."""
+    """Per fact: (mean after − mean before) / mean before over its prompts, indexed by fact.
+
+        per_fact_relative_change(effects, "p_before", "p_suppress")
+    """
     g = df.groupby(fact_col, sort=False)
     return (g[after_col].mean() - g[before_col].mean()) / g[before_col].mean()
 

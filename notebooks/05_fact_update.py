@@ -84,7 +84,7 @@ for rel in update_relations:
     by_fact = {f: sorted(s) for f, s in as_sets(kns, ids).items()}
     objects = view.facts[view.facts.relation == rel].object.unique()
     for f, old in zip(facts.fact_id, facts.object):
-        neurons_by_fact[f] = interventions.drop_shared_neurons(f, by_fact, shared_ratio)
+        neurons_by_fact[f] = interventions.drop_shared_neurons_among_others(f, by_fact, shared_ratio)
         choices = [o for o in objects if o != old]
         edits.append({"fact_id": f, "relation": rel, "old": old, "new": choices[rng.integers(len(choices))],
                       "kn_before_filter": len(by_fact[f])})
