@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,31 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@dataclass
+class NotebookSetup:
+    """What most notebooks start from: their output folder, the model and the data views."""
+
+    out: Path  # the notebook's results folder (created)
+    lm: Any  # kn_utils.models.LanguageModel
+    pararel: Any  # the paper's set (kn_utils.data.Pararel)
+    view: Any  # the facts and prompts this model can be scored on
+    counts: Any  # per-relation counts before/after the model filter (pandas DataFrame)
+
+
+def setup_notebook(results_dir: str, model: str, device: str, model_cache_dir: str, data_dir: str) -> NotebookSetup:
+    """The first lines of a study notebook, from its parameters.
+
+        s = setup_notebook(results_dir, model, device, model_cache_dir, data_dir)
+        s.lm, s.view.prompts, s.out / "figure.png"
+    """
+    from .data import load_pararel
+    from .models import load_model
+
+    out = io.resolve(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lm = load_model(model, device=device, cache_dir=io.resolve(model_cache_dir))
+    pararel = load_pararel(io.resolve(data_dir))
+    view, counts = pararel.for_model(lm)
+    return NotebookSetup(out, lm, pararel, view, counts)

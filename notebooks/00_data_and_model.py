@@ -48,10 +48,8 @@ top_k = 10
 import kn_utils as kn
 from kn_utils import io, plotting
 
-out = io.resolve(results_dir)
-out.mkdir(parents=True, exist_ok=True)
-pararel = kn.load_pararel(io.resolve(data_dir))
-lm = kn.load_model(model, device=device, cache_dir=io.resolve(model_cache_dir))
+s = kn.runner.setup_notebook(results_dir, model, device, model_cache_dir, data_dir)
+out, lm, pararel, view, counts = s.out, s.lm, s.pararel, s.view, s.counts
 print(f"{lm.name}: {lm.adapter.family} family, {lm.n_layers} layers x {lm.d_ff} FFN neurons "
       f"= {lm.n_layers * lm.d_ff:,} candidate knowledge neurons")
 
@@ -74,7 +72,6 @@ pararel.dropped
 # ## What this model can be tested on
 
 # %%
-view, counts = pararel.for_model(lm)
 io.atomic_write_parquet(out / "counts_per_relation.parquet", counts)
 counts.to_csv(out / "counts_per_relation.csv", index=False)
 plotting.save(plotting.facts_per_relation(counts, lm.name), out / "facts_per_relation.png")

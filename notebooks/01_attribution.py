@@ -72,10 +72,8 @@ from kn_utils import io, plotting
 from kn_utils.attribution import attribute_facts, completeness, integrated_gradients, select_facts
 from kn_utils.neurons import knowledge_neurons
 
-out = io.resolve(results_dir)
-out.mkdir(parents=True, exist_ok=True)
-lm = kn.load_model(model, device=device, cache_dir=io.resolve(model_cache_dir))
-view, _ = kn.load_pararel(io.resolve(data_dir)).for_model(lm)
+s = kn.runner.setup_notebook(results_dir, model, device, model_cache_dir, data_dir)
+out, lm, view = s.out, s.lm, s.view
 # the official rule needs >= min_prompts paraphrases to agree: relations with fewer usable templates
 # (causal models keep only templates whose blank ends the sentence) cannot have knowledge neurons
 facts, too_few = select_facts(view, relations, n_facts_per_relation, seed, min_prompts)

@@ -53,13 +53,11 @@ import pandas as pd
 import kn_utils as kn
 from kn_utils import interventions, io, plotting
 
-out = io.resolve(results_dir)
-out.mkdir(parents=True, exist_ok=True)
+s = kn.runner.setup_notebook(results_dir, model, device, model_cache_dir, data_dir)
+out, lm, view = s.out, s.lm, s.view
 src = io.resolve(attribution_results) if attribution_results else out.parent / "01_attribution"
 neurons = pd.read_parquet(src / "knowledge_neurons.parquet")
 neurons = neurons[neurons.method == "IG"]
-lm = kn.load_model(model, device=device, cache_dir=io.resolve(model_cache_dir))
-view, _ = kn.load_pararel(io.resolve(data_dir)).for_model(lm)
 print(f"{neurons.fact_id.nunique()} facts with knowledge neurons, {len(neurons)} neurons")
 
 # %% [markdown]

@@ -59,10 +59,8 @@ from kn_utils import interventions, io, plotting
 from kn_utils.attribution import facts_knowledge_neurons
 from kn_utils.neurons import as_sets, most_frequent
 
-out = io.resolve(results_dir)
-out.mkdir(parents=True, exist_ok=True)
-lm = kn.load_model(model, device=device, cache_dir=io.resolve(model_cache_dir))
-view, _ = kn.load_pararel(io.resolve(data_dir)).for_model(lm)
+s = kn.runner.setup_notebook(results_dir, model, device, model_cache_dir, data_dir)
+out, lm, view = s.out, s.lm, s.view
 
 # %% [markdown]
 # ## Each relation's 20 most frequent knowledge neurons
