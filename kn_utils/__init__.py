@@ -18,7 +18,7 @@ _EXPORTS = {
     "metrics": ["answer_probs", "predict", "prediction_distribution", "bootstrap_ci"],
     "data": ["Pararel", "UnknownRelationError", "fetch_pararel", "load_pararel"],
 }
-_MODULES = ["attribution", "bench", "data", "hooks", "interventions", "io", "metrics", "models", "neurons",
+_MODULES = ["attribution", "bench", "controls", "data", "hooks", "interventions", "io", "metrics", "models", "neurons",
             "plotting", "report", "runner"]
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE) + _MODULES

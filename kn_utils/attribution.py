@@ -322,6 +322,64 @@ def integrated_gradients_reference(lm: LanguageModel, prompts: list[str], answer
     return scores
 
 
+# --------------------------------------------------------------------------- one-pass methods
+
+SCORE_METHODS = ("activation", "gradient", "grad_x_act")
+
+
+def neuron_scores(lm: LanguageModel, prompts: list[str], answers: list[str], method: str = "grad_x_act",
+                  batch_size: int = 16) -> torch.Tensor:
+    """Cheaper attributions than IG, one forward (+ one backward) per batch: ``[n_prompts, n_layers, d_ff]``.
+
+    - ``"activation"``: the clean activation ``a_i`` at the prediction position;
+    - ``"gradient"``: ``d p(answer) / d a_i`` at the clean point (total derivative: the layers
+      above see the change, as in IG);
+    - ``"grad_x_act"``: ``a_i * d p / d a_i``, the first-order estimate of what zeroing neuron
+      ``i`` alone does to ``p`` (IG with one step at alpha = 1).
+
+    Usage::
+
+        g = kn.attribution.neuron_scores(lm, prompts, answers, "grad_x_act")  # [n, layers, d_ff]
+    """
+    if method not in SCORE_METHODS:
+        raise ValueError(f"method must be one of {SCORE_METHODS}, got {method!r}")
+    _check(lm, prompts, answers, None)
+    out = torch.zeros(len(prompts), lm.n_layers, lm.d_ff)
+    need_grad = method != "activation"
+    with frozen(lm):
+        for s in range(0, len(prompts), batch_size):
+            batch = lm.encode(prompts[s:s + batch_size])
+            ids = lm.answer_ids(answers[s:s + batch_size]).to(lm.device)  # [batch]
+            rows = torch.arange(len(ids), device=lm.device)
+            seen: dict[int, torch.Tensor] = {}
+
+            def keep(l):
+                def fn(x):  # x: [batch, pos, d_ff]
+                    seen[l] = x
+                return fn
+
+            # Frozen weights build no graph; an embedding output that needs grad makes one.
+            lift = lm.input_embeddings.register_forward_hook(
+                lambda m, a, o: o.detach().requires_grad_(True) if need_grad else None)
+            try:
+                with torch.set_grad_enabled(need_grad), ffn_pre_hooks(lm, {l: keep(l) for l in range(lm.n_layers)}):
+                    logits = lm.prediction_logits(batch)  # [batch, vocab]
+            finally:
+                lift.remove()
+            pos = batch.pred_pos
+            acts = torch.stack([seen[l][rows, pos] for l in range(lm.n_layers)], 1)  # [batch, layers, d_ff]
+            if need_grad:
+                p = logits.float().softmax(-1)[rows, ids]  # [batch]
+                # rows never mix, so the gradient of the sum is each row's own gradient
+                grads = torch.autograd.grad(p.sum(), [seen[l] for l in range(lm.n_layers)])
+                grad = torch.stack([g[rows, pos] for g in grads], 1)  # [batch, layers, d_ff]
+                score = grad if method == "gradient" else grad * acts
+            else:
+                score = acts
+            out[s:s + len(ids)] = score.detach().float().cpu()
+    return out
+
+
 # --------------------------------------------------------------------------- per-fact cache
 
 CACHE_VERSION = 1  # bump when the stored numbers would change

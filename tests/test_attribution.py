@@ -254,3 +254,37 @@ def test_parse_shard():
     for bad in ("4/4", "x/2", "1", "-1/3"):
         with pytest.raises(ValueError, match="SHARD"):
             parse_shard(bad)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_one_pass_scores_match_per_layer_autograd(name):
+    """neuron_scores against a separate computation: for each layer, that layer's prediction-position
+    activation made a leaf and differentiated on its own (so every gradient path is independent)."""
+    lm = kn.load_model(name)
+    prompts, answers = prompts_for(lm)
+    act = attribution.neuron_scores(lm, prompts, answers, "activation")
+    grad = attribution.neuron_scores(lm, prompts, answers, "gradient", batch_size=1)
+    gxa = attribution.neuron_scores(lm, prompts, answers, "grad_x_act")
+    assert act.shape == grad.shape == (2, lm.n_layers, lm.d_ff)
+    for i, (prompt, answer) in enumerate(zip(prompts, answers)):
+        batch = lm.encode([prompt])
+        with torch.no_grad(), kn.record_ffn(lm) as clean:
+            lm.prediction_logits(batch)
+        for layer in range(lm.n_layers):
+            leaf = clean[layer][0].clone().requires_grad_(True)  # [d_ff]
+
+            def put(x, leaf=leaf):  # x: [1, pos, d_ff]
+                x = x.clone()
+                x[0, batch.pred_pos[0]] = leaf
+                return x
+
+            with kn.hooks.ffn_pre_hooks(lm, {layer: put}):
+                p = lm.prediction_logits(batch).float().softmax(-1)[0, lm.answer_id(answer)]
+            (g,) = torch.autograd.grad(p, leaf)
+            assert torch.allclose(act[i, layer], clean[layer][0], atol=1e-6)
+            # p is ~1/vocab on a random model, so gradients are tiny: compare relative to their scale
+            assert g.abs().max() > 0 and rel_diff(grad[i, layer], g) <= 1e-4
+            assert rel_diff(gxa[i, layer], g * clean[layer][0]) <= 1e-4
+    assert all(not p.requires_grad or p.grad is None for p in lm.model.parameters())
+    with pytest.raises(ValueError, match="method must be one of"):
+        attribution.neuron_scores(lm, prompts, answers, "saliency")
