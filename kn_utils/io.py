@@ -134,6 +134,39 @@ def atomic_write_parquet(path: str | os.PathLike, df: Any) -> Path:
     return _atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
+def item_cache(root: str | os.PathLike, name: str, settings: Mapping[str, Any]) -> Path:
+    """A cache folder for one experiment's per-item results, named by a hash of ``settings``.
+
+    Any setting that changes the numbers (model, seed, steps, ...) belongs in ``settings``: a
+    changed setting gets a fresh folder, so stale results are never mixed in. The settings are
+    written beside the items for humans.
+
+        d = io.item_cache(".cache/controls", "06_random", {"model": lm.name, "seed": 0, "draws": 100})
+        df = io.cached_parquet(d / f"{fact_id}.parquet", lambda: run_one(fact_id))
+    """
+    text = json.dumps(to_jsonable(dict(settings)), sort_keys=True)
+    import hashlib
+    d = resolve(root) / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+    if not (d / "settings.json").exists():
+        atomic_write_json(d / "settings.json", dict(settings))
+    return d
+
+
+def cached_parquet(path: str | os.PathLike, compute: Callable[[], Any]) -> Any:
+    """Read the DataFrame at ``path``, or ``compute()`` it, write it atomically and return it.
+
+    One file per fact makes a long loop resumable: an interrupted run keeps every finished fact.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if path.exists():
+        return pd.read_parquet(path)
+    df = compute()
+    atomic_write_parquet(path, df)
+    return df
+
+
 # --------------------------------------------------------------------------- params
 
 def _available_params(near: Path) -> str:

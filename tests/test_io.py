@@ -157,3 +157,21 @@ def test_run_metadata_keys(tmp_path: Path) -> None:
 
 def test_git_state_outside_a_checkout(tmp_path: Path) -> None:
     assert io.git_state(tmp_path) == {"commit": "unknown", "dirty": "unknown"}
+
+
+def test_item_cache_computes_once_and_separates_settings(tmp_path):
+    import pandas as pd
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return pd.DataFrame({"x": [1, 2]})
+
+    d = io.item_cache(tmp_path, "exp", {"seed": 0, "model": "m"})
+    assert d == io.item_cache(tmp_path, "exp", {"model": "m", "seed": 0})  # key order does not matter
+    assert d != io.item_cache(tmp_path, "exp", {"model": "m", "seed": 1})
+    assert json.loads((d / "settings.json").read_text()) == {"model": "m", "seed": 0}
+    a = io.cached_parquet(d / "f1.parquet", compute)
+    b = io.cached_parquet(d / "f1.parquet", compute)
+    assert len(calls) == 1 and a.equals(b) and (d / "f1.parquet").is_file()
