@@ -203,6 +203,36 @@ class _CleanRun:
         hidden = lm.body(input_ids=self.ids.expand(b, -1), attention_mask=self.mask.expand(b, -1))[0]
         return lm.head(hidden[:, self.pred])  # [rows, vocab]
 
+    def scaled_probs(self, factors: dict[int, torch.Tensor], answer_id: int) -> torch.Tensor:
+        """p(answer) per row when each listed layer's activation at the prediction position is multiplied
+        by that row's factors ``{layer: [rows, d_ff]}`` (1 keeps a neuron, 0 zeroes it, 2 doubles it).
+
+        Unlike ``patched_probs`` a row may touch several layers, and a higher layer scales the
+        activation that the patched lower layers produce, exactly as ``patch_ffn`` on the full model.
+        Rows start at the lowest listed layer from the clean states (one token each for causal models).
+        """
+        lm = self.lm
+        if not factors:
+            raise ValueError("factors is empty: nothing to scale")
+        layers = sorted(factors)
+        b = factors[layers[0]].shape[0]
+        at = -1 if lm.is_causal else self.pred
+
+        def scale(f):
+            def fn(x):  # x: [rows, pos, d_ff]
+                x = x.clone()
+                x[:, at] = x[:, at] * f
+                return x
+            return fn
+
+        with torch.no_grad(), contextlib.ExitStack() as stack:
+            cache = self._cache([b] * lm.n_layers)  # before the cut: inside it n_layers shrinks
+            # hooks go on before the block list is cut, while lm.layers still indexes every layer
+            stack.enter_context(ffn_pre_hooks(lm, {l: scale(factors[l].to(self.ids.device)) for l in layers}))
+            stack.enter_context(stack_from(lm, layers[0], self.blocks[layers[0]].expand(b, -1, -1)))
+            logits = self._logits(b, cache)  # [rows, vocab]
+        return logits.float().softmax(-1)[:, answer_id]  # [rows]
+
     def patched_probs(self, patches: list[tuple[int, torch.Tensor]], answer_id: int) -> torch.Tensor:
         """p(answer) when one layer's activation at the prediction position is replaced, per row.
 

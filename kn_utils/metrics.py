@@ -167,3 +167,44 @@ def bootstrap_groups(df: pd.DataFrame, statistic, group: str = "fact_id", n_resa
     alpha = (1 - confidence) / 2
     lo, hi = np.nanquantile(values, [alpha, 1 - alpha])
     return float(lo), float(hi)
+
+
+# --------------------------------------------------------------------------- text perplexity
+
+MLM_MASK_EVERY = 7  # masked-LM text NLL masks every 7th token (~15%, BERT's rate), in 7 shifted passes
+
+
+@torch.no_grad()
+def text_nll(lm: LanguageModel, texts: list[str], batch_size: int = 16) -> torch.Tensor:
+    """Per-token negative log-likelihood of plain ``texts`` under ``lm``, concatenated, ``[n_tokens]``.
+
+    Causal models: every next token given its prefix. Masked LMs: a pseudo-likelihood, each token
+    predicted once with every ``MLM_MASK_EVERY``-th token masked (so neighbours stay visible).
+    Hooks active around the call (``patch_ffn(..., positions="all")``, ``controls.ablate``) apply.
+
+        ppl = kn.metrics.text_nll(lm, sentences).mean().exp()
+    """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings")
+    tok = lm.tokenizer
+    tok.padding_side = "right"
+    out = []
+    for s in range(0, len(texts), batch_size):
+        enc = tok(texts[s:s + batch_size], return_tensors="pt", padding=True, add_special_tokens=True)
+        ids, mask = enc["input_ids"].to(lm.device), enc["attention_mask"].to(lm.device)  # [batch, pos]
+        if lm.is_causal:
+            logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()  # [batch, pos, vocab]
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+            out.append(nll[mask[:, 1:].bool()].cpu())
+            continue
+        special = torch.isin(ids, torch.tensor(tok.all_special_ids, device=ids.device))  # [batch, pos]
+        scored = mask.bool() & ~special
+        for shift in range(MLM_MASK_EVERY):
+            hide = scored & (torch.arange(ids.shape[1], device=ids.device) % MLM_MASK_EVERY == shift)[None]
+            if not hide.any():
+                continue
+            masked = ids.masked_fill(hide, tok.mask_token_id)
+            hidden = lm.body(input_ids=masked, attention_mask=mask)[0]  # [batch, pos, d_model]
+            logits = lm.head(hidden[hide]).float()  # [n_hidden, vocab]
+            out.append(torch.nn.functional.cross_entropy(logits, ids[hide], reduction="none").cpu())
+    return torch.cat(out) if out else torch.empty(0)

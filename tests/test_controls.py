@@ -45,3 +45,132 @@ def test_top_matched_takes_the_best_non_kns_per_layer():
     top = controls.top_matched(scores, KNS)
     assert sorted(top) == [(3, 4), (3, 5), (7, 2), (9, 19)]
     assert sorted(controls.top_matched(scores, KNS, exclude=[(3, 4)])) == [(3, 5), (3, 6), (7, 2), (9, 19)]
+
+
+# --------------------------------------------------------------------------- on tiny models
+
+import kn_utils as kn  # noqa: E402
+from kn_utils import interventions  # noqa: E402
+
+TINY = ["tiny-bert", "tiny-gpt2", "tiny-llama"]
+
+
+def prompts_for(lm):
+    if lm.is_causal:
+        return ["The capital of France is [MASK].", "Albert Einstein was born in the city of [MASK] ."], ["Paris", "Paris"]
+    return ["[MASK] is the capital of France.", "The capital of France is [MASK] ."], ["Paris", "Paris"]
+
+
+def rel(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_scaled_set_probs_equal_patch_ffn_on_the_full_model(name):
+    lm = kn.load_model(name)
+    prompts, answers = prompts_for(lm)
+    L = lm.n_layers
+    sets = [[(0, 3), (L - 1, 5)], [(1, 7)], [(L - 1, 0), (L - 1, 1), (1, 2)], []]
+    p, p_clean = controls.scaled_set_probs(lm, prompts, answers, sets, factors=(0.0, 2.0), rows_per_pass=3)
+    assert p.shape == (2, 4, 2)
+    assert rel(p_clean, kn.answer_probs(lm, prompts, answers)) < 1e-5
+    for s, neurons in enumerate(sets):
+        with kn.patch_ffn(lm, neurons, mode="zero"):
+            zero = kn.answer_probs(lm, prompts, answers)
+        with kn.patch_ffn(lm, neurons, mode="scale", value=2.0):
+            double = kn.answer_probs(lm, prompts, answers)
+        assert rel(p[0, s], zero) < 1e-5 and rel(p[1, s], double) < 1e-5
+    # a set that changes nothing gives the clean probabilities
+    assert rel(p[0, 3], p_clean) < 1e-6
+
+
+def test_first_order_change_sums_gradient_times_activation():
+    g = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
+    got = controls.first_order_change(g, [(0, 1), (2, 3)], factor=2.0)
+    assert got.tolist() == [g[0, 0, 1] + g[0, 2, 3], g[1, 0, 1] + g[1, 2, 3]]
+    assert controls.first_order_change(g, [(1, 1)], factor=0.0).tolist() == [-g[0, 1, 1], -g[1, 1, 1]]
+
+
+def test_dose_sets_are_nested_start_with_the_kns_and_hit_the_fraction():
+    kns = [(2, 5), (0, 1)]
+    sets = controls.dose_sets(3, 100, [0.01, 0.1, 0.5], np.random.default_rng(0), first=kns)
+    assert [len(s) for s in sets] == [3, 30, 150]
+    assert sets[0][:2] == kns and all(sets[k] == sets[k + 1][:len(sets[k])] for k in range(2))
+    assert len(set(sets[-1])) == 150 and all(0 <= l < 3 and 0 <= j < 100 for l, j in sets[-1])
+    rnd = controls.dose_sets(3, 100, [0.5], np.random.default_rng(0))
+    assert not set(kns) <= set(rnd[0][:2])
+    with pytest.raises(ValueError, match="fractions"):
+        controls.dose_counts(300, [0.0])
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-llama"])
+def test_each_ablation_style_equals_a_manual_computation(name):
+    lm = kn.load_model(name)
+    prompts, answers = prompts_for(lm)
+    neurons = [(1, 3), (1, 9), (lm.n_layers - 1, 4)]
+    batch = lm.encode(prompts)
+    rows = torch.arange(len(prompts))
+    ref_prompts = ["Paris is the capital of [MASK] ." if not lm.is_causal else "Paris is the capital of [MASK].",
+                   "Rome is in [MASK] ." if not lm.is_causal else "Rome is in [MASK]."]
+    pool = controls.reference_activations(lm, ref_prompts, neurons)  # [2, 3]
+    with torch.no_grad(), kn.record_ffn(lm, layers=[1, lm.n_layers - 1]) as acts:
+        lm.prediction_logits(lm.encode(ref_prompts))
+    assert torch.allclose(pool, torch.stack([acts[l][:, j] for l, j in neurons], 1))
+
+    def probs():
+        return kn.answer_probs(lm, prompts, answers)
+
+    # zero: patch_ffn's zero mode
+    with controls.ablate(lm, neurons, "zero"):
+        got = probs()
+    with kn.patch_ffn(lm, neurons, mode="zero"):
+        assert rel(got, probs()) < 1e-6
+    # mean: every row set to the pool mean
+    with controls.ablate(lm, neurons, "mean", reference=pool):
+        got = probs()
+    with kn.patch_ffn(lm, neurons, mode="set", value=pool.mean(0)):
+        assert rel(got, probs()) < 1e-6
+    # resample: the donors a generator with the same seed draws, set by hand
+    with controls.ablate(lm, neurons, "resample", reference=pool, seed=5):
+        got = probs()
+    gen = torch.Generator().manual_seed(5)
+    donors = []  # the hook draws once per layer, in layer order, one donor per row
+    for l in sorted({l for l, _ in neurons}):
+        donors.append((l, torch.randint(len(pool), (len(prompts),), generator=gen)))
+    cols = {l: [k for k, (ll, _) in enumerate(neurons) if ll == l] for l, _ in donors}
+    value = torch.zeros(len(prompts), len(neurons))
+    for l, d in donors:
+        value[:, cols[l]] = pool[d][:, cols[l]]
+    with kn.patch_ffn(lm, neurons, mode="set", value=value):
+        assert rel(got, probs()) < 1e-6
+    # unk at every position: the paper's weight edit (value vectors := unknown-token embedding)
+    texts = ["Paris is a city in France ."]
+    with controls.ablate(lm, neurons, "unk", positions="all"):
+        got = probs()
+        got_text = kn.metrics.text_nll(lm, texts)
+    with interventions.erase_neurons(lm, neurons, mode="unk"):
+        assert rel(got, probs()) < 1e-5
+        assert rel(got_text, kn.metrics.text_nll(lm, texts)) < 1e-5
+    # unk at the prediction position only: the same replacement, added by hand through an output hook
+    with controls.ablate(lm, neurons, "unk"):
+        got = probs()
+    assert not torch.allclose(got, probs())
+    with pytest.raises(ValueError, match="needs reference activations"):
+        with controls.ablate(lm, neurons, "mean"):
+            pass
+    with pytest.raises(ValueError, match="style must be one of"):
+        with controls.ablate(lm, neurons, "noise"):
+            pass
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_text_nll_equals_the_models_own_loss(name):
+    lm = kn.load_model(name)
+    text = "The cat sat on the mat and looked at the door ."
+    nll = kn.metrics.text_nll(lm, [text, "A short one ."])
+    ids = lm.tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        loss = lm.model(input_ids=ids, labels=ids).loss
+    n = ids.shape[1] - 1
+    assert len(nll) == n + len(lm.tokenizer("A short one .")["input_ids"]) - 1
+    assert abs(float(nll[:n].mean()) - float(loss)) < 1e-4
