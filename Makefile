@@ -106,6 +106,9 @@ $(RESULTS)/%/summary.json: notebooks/%.py $(PARAMS) $(wildcard kn_utils/*.py) | 
 # Notebooks that read another notebook's outputs.
 $(RESULTS)/02_refinement/summary.json: $(RESULTS)/01_attribution/summary.json
 $(RESULTS)/03_suppress_amplify/summary.json: $(RESULTS)/01_attribution/summary.json
+$(RESULTS)/06_random_neurons/summary.json: $(RESULTS)/01_attribution/summary.json
+$(RESULTS)/07_dose_response/summary.json: $(RESULTS)/01_attribution/summary.json
+$(RESULTS)/08_ablation_style/summary.json: $(RESULTS)/01_attribution/summary.json $(RESULTS)/04_relation_erasure/summary.json
 
 # The report collects every other notebook's summary, so it runs after them all.
 $(REPORT_SUMMARY): $(SUMMARIES)

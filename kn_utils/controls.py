@@ -19,6 +19,7 @@ from collections import Counter
 from typing import Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 
 Neuron = tuple[int, int]
@@ -265,3 +266,189 @@ def _unk_embedding(lm) -> torch.Tensor:
     if unk is None:
         raise ValueError(f"{lm.name}'s tokenizer has no unknown token, so style='unk' is undefined: use 'zero'")
     return lm.input_embeddings.weight[unk].detach()  # [d_model]
+
+
+# --------------------------------------------------------------------------- notebook 06: KNs vs controls
+
+
+def fact_control_effects(lm, prompts: list[str], answer: str, kns, n_draws: int, rng: np.random.Generator,
+                         amplify: float = 2.0) -> pd.DataFrame:
+    """One fact's knowledge neurons against controls with their count and layers: ``n_draws``
+    random sets, the top neurons by clean activation and by gradient×activation (means over the
+    fact's prompts). Each set is zeroed and scaled by ``amplify`` at the prediction position.
+
+    One row per (set, prompt): ``set`` (kn / random / top_activation / top_grad_x_act), ``draw``,
+    ``prompt``, ``p_before``, ``p_suppress``, ``p_amplify`` and the gradient's first-order
+    predictions ``fo_suppress``, ``fo_amplify`` of the change in p.
+    """
+    from .attribution import neuron_scores
+
+    kns = as_neurons(kns)
+    answers = [answer] * len(prompts)
+    gxa = neuron_scores(lm, prompts, answers, "grad_x_act")  # [n_prompts, n_layers, d_ff]
+    act = neuron_scores(lm, prompts, answers, "activation")  # [n_prompts, n_layers, d_ff]
+    named = [("kn", 0, kns)]
+    named += [("random", d, s) for d, s in enumerate(matched_random(kns, lm.d_ff, n_draws, rng))]
+    named += [("top_activation", 0, top_matched(act.mean(0), kns)),
+              ("top_grad_x_act", 0, top_matched(gxa.mean(0), kns))]
+    p, p_clean = scaled_set_probs(lm, prompts, answers, [s for _, _, s in named], factors=(0.0, amplify))
+    rows = []
+    for k, (kind, draw, s) in enumerate(named):
+        fo_s, fo_a = first_order_change(gxa, s, 0.0), first_order_change(gxa, s, amplify)  # [n_prompts]
+        for i in range(len(prompts)):
+            rows.append({"set": kind, "draw": draw, "prompt": i, "p_before": float(p_clean[i]),
+                         "p_suppress": float(p[0, k, i]), "p_amplify": float(p[1, k, i]),
+                         "fo_suppress": float(fo_s[i]), "fo_amplify": float(fo_a[i]),
+                         "neurons": ";".join(f"{l}:{j}" for l, j in s)})
+    return pd.DataFrame(rows)
+
+
+def set_effects(effects: pd.DataFrame) -> pd.DataFrame:
+    """Per (fact, set, draw): the relative change of the fact's mean correct probability (03's per-fact
+    metric) when suppressed and amplified, and the observed vs first-order predicted mean Δp."""
+    g = effects.groupby(["fact_id", "relation", "set", "draw"], sort=False)
+    m = g[["p_before", "p_suppress", "p_amplify", "fo_suppress", "fo_amplify"]].mean()
+    return pd.DataFrame({
+        "suppress": (m.p_suppress - m.p_before) / m.p_before,
+        "amplify": (m.p_amplify - m.p_before) / m.p_before,
+        "dp_suppress": m.p_suppress - m.p_before, "dp_amplify": m.p_amplify - m.p_before,
+        "fo_suppress": m.fo_suppress, "fo_amplify": m.fo_amplify,
+    }).reset_index()
+
+
+def against_random(per_set: pd.DataFrame, column: str, lower_is_stronger: bool) -> pd.DataFrame:
+    """Per fact: each non-random set's effect next to its random draws — the draws' mean and
+    standard deviation, the z-score, and the empirical p-value ``(1 + #draws at least as strong) /
+    (n_draws + 1)`` (one-sided: "as strong" = as low for suppression, as high for amplification)."""
+    rnd = per_set[per_set.set == "random"].groupby("fact_id")[column]
+    stats = pd.DataFrame({"random_mean": rnd.mean(), "random_sd": rnd.std(ddof=1), "n_draws": rnd.size()})
+    rows = []
+    for (fact, relation, kind), g in per_set[per_set.set != "random"].groupby(["fact_id", "relation", "set"], sort=False):
+        x = float(g[column].iloc[0])
+        draws = per_set[(per_set.fact_id == fact) & (per_set.set == "random")][column].to_numpy()
+        stronger = (draws <= x) if lower_is_stronger else (draws >= x)
+        st = stats.loc[fact]
+        rows.append({"fact_id": fact, "relation": relation, "set": kind, "effect": x,
+                     "random_mean": st.random_mean, "random_sd": st.random_sd,
+                     "z": (x - st.random_mean) / st.random_sd if st.random_sd > 0 else np.nan,
+                     "p_empirical": (1 + stronger.sum()) / (len(draws) + 1), "n_draws": int(st.n_draws)})
+    return pd.DataFrame(rows)
+
+
+def relation_mean_by_draw(effects: pd.DataFrame, column: str) -> pd.Series:
+    """The paper's headline (per relation Δ mean p / mean p over prompt instances, averaged over
+    relations) for each random draw index: the distribution the knowledge neurons' headline is
+    compared with. Draw ``d`` takes every fact's ``d``-th random set."""
+    from .interventions import mean_relation_change
+
+    rnd = effects[effects.set == "random"]
+    return rnd.groupby("draw").apply(lambda d: mean_relation_change(d, column), include_groups=False)
+
+
+# --------------------------------------------------------------------------- notebook 07: dose–response
+
+
+def dose_families(n_layers: int, d_ff: int, kns, fractions, n_draws: int, rng: np.random.Generator) -> dict:
+    """The nested sets of notebook 07 for one fact: ``{(condition, draw): [set per fraction]}`` with
+    ``kn_first`` (the KNs, then random neurons) and ``random`` orders, drawn in a fixed order from ``rng``."""
+    sets = {}
+    for draw in range(n_draws):
+        sets[("kn_first", draw)] = dose_sets(n_layers, d_ff, fractions, rng, first=kns)
+        sets[("random", draw)] = dose_sets(n_layers, d_ff, fractions, rng)
+    return sets
+
+
+def dose_response_fact(lm, prompts: list[str], answer: str, panel_prompts: list[str], panel_answers: list[str],
+                       families: dict, fractions) -> pd.DataFrame:
+    """Zero each growing set of ``families`` (``dose_families``) at the prediction position on the
+    fact's own prompts and on a fixed panel of other facts' prompts. One row per (condition, draw,
+    fraction, target, prompt) with ``p_before`` and ``p_after``."""
+    keys, flat = [], []
+    for (cond, draw), per_fraction in families.items():
+        for f, s in zip(fractions, per_fraction):
+            keys.append((cond, draw, float(f), len(s)))
+            flat.append(s)
+    rows = []
+    for target, ps, ans in [("own", prompts, [answer] * len(prompts)), ("other", panel_prompts, panel_answers)]:
+        p, p_clean = scaled_set_probs(lm, ps, ans, flat, factors=(0.0,))
+        for k, (cond, draw, f, n) in enumerate(keys):
+            for i in range(len(ps)):
+                rows.append({"condition": cond, "draw": draw, "fraction": f, "n_neurons": n, "target": target,
+                             "prompt": i, "p_before": float(p_clean[i]), "p_after": float(p[0, k, i])})
+    return pd.DataFrame(rows)
+
+
+def text_nll_under_zeroing(lm, texts: list[str], neuron_sets: list, batch_size: int = 16) -> list[float]:
+    """Mean per-token NLL of ``texts`` with each set zeroed at every position (how dropout removes
+    a neuron); ``exp`` of it is the text perplexity."""
+    from .hooks import patch_ffn
+    from .metrics import text_nll
+
+    out = []
+    for s in neuron_sets:
+        with patch_ffn(lm, as_neurons(s), mode="zero", positions="all"):
+            out.append(float(text_nll(lm, texts, batch_size).mean()))
+    return out
+
+
+def extrapolate_dose(drop_small: float, fraction_small: float, fraction_large: float) -> dict:
+    """The critique's extrapolation from a small dose to a large one: a relative drop ``drop_small``
+    (e.g. 0.004) at ``fraction_small`` of the neurons (0.0002), repeated ``fraction_large /
+    fraction_small`` times — linearly (drops add) and compounding (each removes the same share of
+    what is left). Returns the predicted relative change of p at ``fraction_large`` both ways."""
+    times = fraction_large / fraction_small
+    return {"times": times, "linear": -min(1.0, drop_small * times), "compound": (1 - drop_small) ** times - 1}
+
+
+# --------------------------------------------------------------------------- notebook 08: ablation styles
+
+
+def reference_table(lm, prompts: list[str], batch_size: int = 32) -> torch.Tensor:
+    """Every FFN neuron's activation at the prediction position of each reference prompt,
+    ``[n_prompts, n_layers, d_ff]``: one pass serves the mean/resample pools of any neuron set."""
+    from .hooks import record_ffn
+
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(prompts), batch_size):
+            with record_ffn(lm) as acts:
+                lm.prediction_logits(lm.encode(prompts[s:s + batch_size]))
+            out.append(torch.stack([acts[l] for l in range(lm.n_layers)], 1).float().cpu())  # [batch, n_layers, d_ff]
+    return torch.cat(out)
+
+
+def pool_of(table: torch.Tensor, neurons) -> torch.Tensor:
+    """The columns of ``reference_table`` for ``neurons``: ``[n_prompts, n_neurons]``."""
+    idx = torch.tensor(as_neurons(neurons), dtype=torch.long).reshape(-1, 2)
+    return table[:, idx[:, 0], idx[:, 1]]
+
+
+def style_effects(lm, pararel, neurons: pd.DataFrame, styles, table: torch.Tensor, seed: int = 0,
+                  batch_size: int = 32, progress: bool = True) -> pd.DataFrame:
+    """Notebook 03's suppression with each ablation ``style`` (``ablate``) at the prediction position:
+    for each fact, its own prompts (``target="own"``) and the prompts of one random fact of another
+    relation (``"other"``, chosen by ``fact_rng``). ``table`` is the ``reference_table`` that mean
+    and resample draw from. One row per prompt: ``p_before`` and ``p_<style>`` per style."""
+    from tqdm.auto import tqdm
+
+    from .interventions import evaluate
+
+    facts = pararel.facts.set_index("fact_id")
+    rows = []
+    for fact_id, g in tqdm(list(neurons.groupby("fact_id", sort=False)), desc="styles", disable=not progress):
+        kns = as_neurons(g)
+        relation = facts.relation[fact_id]
+        rng = fact_rng(seed, fact_id)
+        others = pararel.facts[pararel.facts.relation != relation].fact_id.to_numpy()
+        pool = pool_of(table, kns)  # [n_ref, n_kns]
+        for target, eval_fact in [("own", fact_id), ("other", others[rng.integers(len(others))])]:
+            prompts = pararel.bag(eval_fact)
+            answers = [facts.object[eval_fact]] * len(prompts)
+            cols = {"p_before": evaluate(lm, prompts, answers, batch_size).p_answer.to_numpy()}
+            for style in styles:
+                with ablate(lm, kns, style, reference=pool, seed=int(rng.integers(2**31))):
+                    cols[f"p_{style}"] = evaluate(lm, prompts, answers, batch_size).p_answer.to_numpy()
+            for i, prompt in enumerate(prompts):
+                rows.append({"fact_id": fact_id, "relation": relation, "target": target, "eval_fact": eval_fact,
+                             "prompt": prompt, **{k: float(v[i]) for k, v in cols.items()}})
+    return pd.DataFrame(rows)

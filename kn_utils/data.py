@@ -34,6 +34,8 @@ from .io import atomic_write_bytes
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data" / "pararel"
 CHECKSUMS = REPO_ROOT / "data" / "pararel.SHA256SUMS"
+# plain sentences written for this project: text perplexity under ablations (notebooks 07, 08)
+GENERIC_TEXT = REPO_ROOT / "data" / "generic_text.txt"
 # resolved against the repo, not the CWD, so notebooks run from notebooks/ find it too
 DEFAULT_MIRROR = REPO_ROOT.parent / "shared" / "data" / "pararel"
 
@@ -283,6 +285,29 @@ class Pararel:
         if not parts:
             return self.facts.iloc[:0].reset_index(drop=True)
         return pd.concat(parts).reset_index(drop=True)
+
+
+def generic_text(path: str | Path = GENERIC_TEXT) -> list[str]:
+    """The built-in plain-text sample (one sentence per line, see data/README.md)."""
+    lines = [l.strip() for l in Path(path).read_text(encoding="utf-8").splitlines()]
+    return [l for l in lines if l]
+
+
+def filled_sentences(pararel: Pararel, relations: list[str], n: int, seed: int) -> list[str]:
+    """``n`` PARAREL prompts of ``relations`` with the blank filled by the answer: plain sentences,
+    one per fact (a random template), for text perplexity on prompts that no experiment attributed.
+
+        filled_sentences(view, ["P37"], 2, seed=0)   # e.g. ['The official language of X is Y.', ...]
+    """
+    from .models import MASK
+
+    prompts = pararel.prompts[pararel.prompts.relation.isin(relations)]
+    if prompts.empty:
+        raise ValueError(f"no prompts for relations {relations}: pick relations present in this view")
+    rng = np.random.default_rng([seed, 7])
+    one = prompts.groupby("fact_id", sort=False).sample(1, random_state=rng)
+    one = one.iloc[rng.permutation(len(one))[:n]]
+    return [p.replace(MASK, a).replace(" .", ".") for p, a in zip(one.prompt, one.answer)]
 
 
 def _rel_key(rel: str) -> tuple[int, str]:

@@ -292,11 +292,15 @@ def mean_relation_change(df: pd.DataFrame, after_col: str, before_col: str = "p_
 
 
 def erasure_effects(lm: LanguageModel, eval_prompts: pd.DataFrame, neurons_by_relation: dict[str, list],
-                    modes: tuple[str, ...] = ("zero", "unk"), batch_size: int = 32, progress: bool = True
-                    ) -> pd.DataFrame:
+                    modes: tuple[str, ...] = ("zero", "unk"), batch_size: int = 32, progress: bool = True,
+                    ablation=None) -> pd.DataFrame:
     """Evaluate ``eval_prompts`` (columns ``fact_id, relation, prompt, answer``) before any edit and
-    with each relation's neurons erased in each ``mode`` (``erase_neurons``): one row per
-    (erased relation, mode, prompt) plus the ``mode="none"`` rows, with ``p_answer``, ``nll``, ``top1``."""
+    with each relation's neurons erased in each ``mode``: one row per (erased relation, mode, prompt)
+    plus the ``mode="none"`` rows, with ``p_answer``, ``nll``, ``top1``.
+
+    ``ablation(relation, mode)`` returns the context manager that erases; the default is
+    ``erase_neurons(lm, neurons_by_relation[relation], mode)`` (notebook 04). Notebook 08 passes
+    ``kn_utils.controls.ablate`` styles instead."""
     from tqdm.auto import tqdm
 
     prompts, answers = eval_prompts.prompt.tolist(), eval_prompts.answer.tolist()
@@ -309,7 +313,9 @@ def erasure_effects(lm: LanguageModel, eval_prompts: pd.DataFrame, neurons_by_re
     parts = [run(None, "none")]
     jobs = [(r, m) for r in neurons_by_relation for m in modes]
     for relation, mode in tqdm(jobs, desc="erase", disable=not progress):
-        with erase_neurons(lm, neurons_by_relation[relation], mode=mode):
+        erase = (ablation(relation, mode) if ablation is not None
+                 else erase_neurons(lm, neurons_by_relation[relation], mode=mode))
+        with erase:
             parts.append(run(relation, mode))
     return pd.concat(parts, ignore_index=True)
 

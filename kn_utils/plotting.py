@@ -204,3 +204,122 @@ def update_scatter(edited: pd.DataFrame) -> plt.Figure:
     fig.suptitle(f"Fact updates (n={len(edited)})")
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- 06–08: the critique's controls I
+
+CONTROL_COLORS = {"kn": "tab:red", "top_activation": "tab:green", "top_grad_x_act": "tab:purple", "random": "tab:gray"}
+
+
+def control_strips(per_set: pd.DataFrame, column: str, title: str) -> plt.Figure:
+    """Per fact: the random matched draws (gray) and the knowledge neurons / other controls (markers)."""
+    order = (per_set[per_set.set == "kn"].sort_values(column).fact_id.tolist())
+    y = {f: k for k, f in enumerate(order)}
+    fig, ax = plt.subplots(figsize=(7, max(4, 0.16 * len(order))))
+    rnd = per_set[per_set.set == "random"]
+    ax.scatter(100 * rnd[column], rnd.fact_id.map(y) + np.random.default_rng(0).uniform(-0.25, 0.25, len(rnd)),
+               s=3, color=CONTROL_COLORS["random"], alpha=0.35, label="random (same layers)")
+    for kind, marker in [("top_activation", "^"), ("top_grad_x_act", "s"), ("kn", "o")]:
+        d = per_set[per_set.set == kind]
+        ax.scatter(100 * d[column], d.fact_id.map(y), s=22, marker=marker, color=CONTROL_COLORS[kind], label=kind)
+    ax.set_yticks(range(len(order)), order, fontsize=6)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel(f"{column}: Δ correct probability (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def first_order_scatter(per_set: pd.DataFrame, kinds=("random", "top_grad_x_act", "kn")) -> plt.Figure:
+    """Observed Δp when amplifying vs the gradient's first-order prediction Σ aᵢ·∂p/∂aᵢ, per fact and set."""
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for kind in kinds:
+        d = per_set[per_set.set == kind]
+        ax.scatter(d.fo_amplify, d.dp_amplify, s=6 if kind == "random" else 18, alpha=0.3 if kind == "random" else 0.9,
+                   color=CONTROL_COLORS[kind], label=f"{kind} (n={len(d)})")
+    lim = np.nanmax(np.abs(per_set[["fo_amplify", "dp_amplify"]].to_numpy())) * 1.05
+    ax.plot([-lim, lim], [-lim, lim], color="black", lw=0.8, label="observed = predicted")
+    ax.set_xscale("symlog", linthresh=1e-4)
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_xlabel("first-order prediction of Δp (Σ a·∂p/∂a)")
+    ax.set_ylabel("observed Δp, activations ×2")
+    ax.set_title("Amplification vs the gradient")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def dose_curves(curves: pd.DataFrame, text: pd.DataFrame) -> plt.Figure:
+    """Relative change of the correct probability (own fact, other facts) and text perplexity
+    against the fraction of FFN neurons zeroed, KNs first vs random (log x; 95% CI over facts)."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, target, name in [(axes[0], "own", "the fact's own prompts"), (axes[1], "other", "other facts' prompts")]:
+        for cond, color in [("kn_first", CONTROL_COLORS["kn"]), ("random", CONTROL_COLORS["random"])]:
+            d = curves[(curves.target == target) & (curves.condition == cond)].sort_values("fraction")
+            ax.plot(100 * d.fraction, 100 * d.change, marker="o", color=color, label=cond)
+            ax.fill_between(100 * d.fraction, 100 * d.ci_low, 100 * d.ci_high, color=color, alpha=0.2)
+        ax.set_xscale("log")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xlabel("FFN neurons zeroed (%)")
+        ax.set_ylabel("Δ correct probability (%)")
+        ax.set_title(name)
+        ax.legend(fontsize=8)
+    ax = axes[2]
+    for (cond, corpus), d in text.groupby(["condition", "corpus"]):
+        d = d.groupby("fraction").ppl.mean().reset_index()
+        ax.plot(100 * d.fraction, d.ppl, marker="o", ls="-" if corpus == "generic" else "--",
+                color=CONTROL_COLORS["kn"] if cond == "kn_first" else CONTROL_COLORS["random"], label=f"{cond}, {corpus}")
+    base = text.drop_duplicates("corpus").set_index("corpus").ppl_before
+    for corpus, v in base.items():
+        ax.axhline(v, color="black", lw=0.6, ls="-" if corpus == "generic" else "--")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("FFN neurons zeroed at every position (%)")
+    ax.set_ylabel("text perplexity")
+    ax.set_title("plain text (black: intact model)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def style_bars(suppression: pd.DataFrame, erasure: pd.DataFrame, text: pd.DataFrame) -> plt.Figure:
+    """Per ablation style: per-fact suppression (own vs unrelated), relation erasure ΔNLL (erased vs
+    other relations) and generic-text perplexity."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    styles = list(dict.fromkeys(suppression["style"]))
+    x = np.arange(len(styles))
+    ax = axes[0]
+    for k, target in enumerate(["own", "other"]):
+        d = suppression[suppression.target == target].set_index("style").reindex(styles)
+        err = np.vstack([d.change - d.ci_low, d.ci_high - d.change]).clip(min=0)
+        ax.bar(x + (k - 0.5) * 0.4, 100 * d.change, 0.4, yerr=100 * err, capsize=2,
+               label="own prompts" if target == "own" else "unrelated facts")
+    ax.set_xticks(x, styles)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_ylabel("Δ correct probability (%)")
+    ax.set_title("Per-fact suppression")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    rels = list(dict.fromkeys(erasure.erased))
+    w = 0.8 / max(1, 2 * len(rels))
+    for k, rel in enumerate(rels):
+        d = erasure[erasure.erased == rel].set_index("style").reindex(styles)
+        ax.bar(x + (2 * k - len(rels)) * w, d.dnll_own, w, label=f"{rel}: erased")
+        ax.bar(x + (2 * k + 1 - len(rels)) * w, d.dnll_others, w, label=f"{rel}: others", alpha=0.6)
+    ax.set_xticks(x, styles)
+    ax.set_ylabel("Δ answer NLL")
+    ax.set_title("Relation erasure")
+    ax.legend(fontsize=6)
+    ax = axes[2]
+    g = text[(text.corpus == "generic") & (text["style"] != "none")]
+    for k, rel in enumerate(rels):
+        d = g[g.erased == rel].set_index("style").reindex(styles)
+        ax.bar(x + (k - len(rels) / 2 + 0.5) * (0.8 / len(rels)), d.ppl, 0.8 / len(rels), label=rel)
+    ax.axhline(text[(text["style"] == "none") & (text.corpus == "generic")].ppl.iloc[0], color="black", lw=1,
+               label="intact model")
+    ax.set_xticks(x, styles)
+    ax.set_yscale("log")
+    ax.set_ylabel("generic-text perplexity")
+    ax.set_title("Plain text after erasure")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -174,3 +174,42 @@ def test_text_nll_equals_the_models_own_loss(name):
     n = ids.shape[1] - 1
     assert len(nll) == n + len(lm.tokenizer("A short one .")["input_ids"]) - 1
     assert abs(float(nll[:n].mean()) - float(loss)) < 1e-4
+
+
+def test_extrapolation_arithmetic():
+    e = controls.extrapolate_dose(0.004, 0.0002, 0.1)
+    assert e["times"] == pytest.approx(500)
+    assert e["linear"] == -1.0  # 500 x 0.4% = 200%, capped at losing everything
+    assert e["compound"] == pytest.approx(0.996 ** 500 - 1)
+
+
+def test_dose_response_zeroes_the_nested_sets_it_reports():
+    lm = kn.load_model("tiny-llama")
+    prompts, answers = prompts_for(lm)
+    kns = [(1, 3), (2, 4)]
+    sets = controls.dose_families(lm.n_layers, lm.d_ff, kns, [0.01, 0.2], 1, np.random.default_rng(1))
+    assert sets == controls.dose_families(lm.n_layers, lm.d_ff, kns, [0.01, 0.2], 1, np.random.default_rng(1))
+    df = controls.dose_response_fact(lm, prompts[:1], answers[0], prompts[1:], answers[1:], sets, [0.01, 0.2])
+    assert sets[("kn_first", 0)][0][:2] == kns and not set(kns) <= set(sets[("random", 0)][1])
+    for (cond, draw, frac, target), g in df.groupby(["condition", "draw", "fraction", "target"]):
+        s = sets[(cond, draw)][[0.01, 0.2].index(frac)]
+        ps = prompts[:1] if target == "own" else prompts[1:]
+        with kn.patch_ffn(lm, s, mode="zero"):
+            manual = kn.answer_probs(lm, ps, answers[:len(ps)])
+        assert rel(torch.tensor(g.p_after.to_numpy()), manual) < 1e-5
+        assert g.n_neurons.iloc[0] == len(s)
+    texts = ["The cat sat on the mat ."]
+    got = controls.text_nll_under_zeroing(lm, texts, [sets[("random", 0)][1]])
+    with kn.patch_ffn(lm, sets[("random", 0)][1], mode="zero", positions="all"):
+        assert got[0] == pytest.approx(float(kn.metrics.text_nll(lm, texts).mean()), rel=1e-6)
+
+
+def test_reference_table_columns_equal_reference_activations():
+    lm = kn.load_model("tiny-gpt2")
+    prompts, _ = prompts_for(lm)
+    neurons = [(0, 5), (lm.n_layers - 1, 2)]
+    table = controls.reference_table(lm, prompts, batch_size=1)
+    assert table.shape == (2, lm.n_layers, lm.d_ff)
+    assert torch.allclose(controls.pool_of(table, neurons), controls.reference_activations(lm, prompts, neurons), atol=1e-6)
+    every = controls.reference_activations(lm, prompts, neurons, positions="all")
+    assert len(every) == sum(len(lm.encode([p]).input_ids[0]) for p in prompts)
