@@ -179,9 +179,65 @@ def build_report(results_dir: str | os.PathLike) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(results_dir: str | os.PathLike) -> Path:
+def _model_of(found: list[dict[str, Any]]) -> str:
+    return _distinct((f["meta"].get("params") or {}).get("model") for f in found)
+
+
+def _claim_key(stem: str, claim: Any, model: str) -> tuple[str, str]:
+    # claims may name their model ("Facts usable by smollm2-135m"): compare them without it
+    return stem, str(claim).replace(model, "<model>")
+
+
+def build_comparison(results_dirs: Mapping[str, str | os.PathLike]) -> str:
+    """One table with every claim once and each results folder's answer beside it, e.g. the default
+    model and a second one: ``{"SmolLM2-135M": "results", "Gemma-3-270m": "results/gemma"}``.
+    A claim a folder lacks shows as missing (—), never as a blank cell.
+
+    Usage: ``print(build_comparison({"a": "results", "b": "results/gemma"}))``
+    """
+    cols = {label: collect_summaries(Path(root)) for label, root in results_dirs.items()}
+    order: list[tuple[str, str]] = []
+    cells: dict[tuple[str, str], dict[str, dict]] = {}
+    claim_text: dict[tuple[str, str], dict] = {}
+    for label, found in cols.items():
+        model = _model_of(found)
+        for f in found:
+            for row in f["summary"].get("rows", []):
+                key = _claim_key(f["stem"], row.get("claim"), model)
+                if key not in cells:
+                    order.append(key)
+                    cells[key] = {}
+                    claim_text[key] = row
+                cells[key][label] = row
+    header = ["Notebook", "Claim", "Paper"]
+    for label, found in cols.items():
+        header += [f"{label}: ours", f"{label}: 95% CI", f"{label}: n", f"{label}: verdict"]
+    rows = []
+    for key in order:
+        row = [key[0], key[1], claim_text[key].get("paper")]
+        for label in cols:
+            r = cells[key].get(label, {})
+            row += [r.get("ours"), r.get("ci"), r.get("n"), r.get("verdict")]
+        rows.append(row)
+    lines = ["## Models side by side", ""]
+    lines += [f"- {label}: `{io.display_path(Path(root))}`, model {_model_of(cols[label])}, "
+              f"commit {_distinct(_commit(f['meta']) for f in cols[label])}, {len(cols[label])} notebooks"
+              for label, root in results_dirs.items()]
+    lines += [""] + (_table(header, rows) if rows else ["No claims found."])
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results_dir: str | os.PathLike, compare_with: Mapping[str, str | os.PathLike] | None = None) -> Path:
     """Write ``<results_dir>/REPORT.md`` atomically and return its path.
 
-    Usage: ``write_report("results")``
+    ``compare_with`` (``{label: results folder}``, this folder included under its own label) adds
+    the side-by-side table of ``build_comparison``; folders without any summary yet are skipped.
+
+    Usage: ``write_report("results", {"SmolLM2-135M": "results", "Gemma-3-270m": "results/gemma"})``
     """
-    return io.atomic_write_text(Path(results_dir) / "REPORT.md", build_report(results_dir))
+    text = build_report(results_dir)
+    present = {k: io.resolve(v) for k, v in (compare_with or {}).items() if collect_summaries(io.resolve(v))}
+    if len(present) > 1:
+        head, sep, rest = text.partition("\n## Claims\n")
+        text = head + "\n" + build_comparison(present) + sep + rest
+    return io.atomic_write_text(Path(results_dir) / "REPORT.md", text)

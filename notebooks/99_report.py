@@ -30,6 +30,9 @@ device = "cpu"
 seed = 0
 data_dir = "data/pararel"
 model_cache_dir = ".cache/models"
+# other results folders to show side by side with this one ({label: folder}, this one included);
+# folders not run yet are skipped
+compare_with = {}
 
 # %%
 from IPython.display import Markdown, display
@@ -41,7 +44,7 @@ out_dir = io.resolve(results_dir)
 # The report sits at the results root, beside the notebooks' folders it links to.
 results_root = out_dir.parent
 collected = report.collect_summaries(results_root)
-report_file = report.write_report(results_root)
+report_file = report.write_report(results_root, compare_with)
 print(f"{len(collected)} notebooks collected -> {report_file}")
 
 # %%

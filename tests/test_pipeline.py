@@ -170,3 +170,20 @@ def test_make_reproduce_plan_runs_every_notebook_report_last() -> None:
     runs = re.findall(r"kn_utils\.runner (notebooks/\S+\.py) --params params/smoke\.yaml", plan.stdout)
     stems = sorted(p.stem for p in (REPO / "notebooks").glob("[0-9][0-9]_*.py"))
     assert [Path(r).stem for r in runs] == stems and runs[-1].endswith("99_report.py")
+
+
+def test_comparison_puts_each_claim_once_with_both_models(tmp_path: Path) -> None:
+    for label, model, ours in [("a", "m-one", "1%"), ("b", "m-two", "2%")]:
+        root = tmp_path / label
+        row = {"claim": f"Facts usable by {model}", "source": "s", "paper": "p", "ours": ours, "ci": [0, 1],
+               "n": 3, "verdict": "context"}
+        io.atomic_write_json(root / "00_x" / "summary.json", _summary("00_x", [row]))
+        io.atomic_write_json(root / "00_x" / "meta.json", {"params": {"model": model}, "git": {"commit": "abc"}})
+    only_a = {"claim": "only in a", "source": "s", "paper": "p", "ours": "9", "ci": None, "n": 1, "verdict": "v"}
+    io.atomic_write_json(tmp_path / "a" / "01_y" / "summary.json", _summary("01_y", [only_a]))
+    text = report.build_comparison({"A": tmp_path / "a", "B": tmp_path / "b"})
+    table = [l for l in text.splitlines() if l.startswith("| 0")]
+    assert len(table) == 2  # the model-named claim is one row, not two
+    assert "Facts usable by <model>" in table[0] and "1%" in table[0] and "2%" in table[0]
+    assert "only in a" in table[1] and table[1].count("—") >= 4  # b's four cells visibly missing
+    assert "| |" not in text

@@ -1,0 +1,52 @@
+"""The committed results are what the committed code produces: every results/<notebook>/ was run
+from a clean checkout whose notebook, library and params file equal this checkout's."""
+import shutil
+import subprocess
+
+import pytest
+
+from kn_utils import io, report
+
+ROOT = io.repo_root()
+RESULTS = ROOT / "results"
+# what can change a notebook's numbers; the report module only renders them
+SOURCES = ["kn_utils", "params/default.yaml", ":(exclude)kn_utils/report.py"]
+
+
+def _git(*args):
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None or _git("rev-parse", "HEAD").returncode != 0,
+                               reason="not a git checkout")
+
+
+def committed_runs():
+    return [f for f in report.collect_summaries(RESULTS) if f["meta"]]
+
+
+@needs_git
+def test_every_committed_result_comes_from_the_current_code():
+    runs = committed_runs()
+    if not runs:
+        pytest.skip("no committed results")
+    stale = []
+    for f in runs:
+        meta = f["meta"]
+        commit = (meta.get("git") or {}).get("commit")
+        assert commit, f"{f['stem']}: meta.json has no commit"
+        assert meta["git"].get("dirty") is False, f"{f['stem']} was run from a dirty checkout"
+        assert meta.get("status") == "ok" and meta.get("params_file") == "params/default.yaml", f["stem"]
+        if _git("cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
+            pytest.skip(f"commit {commit[:12]} not in this clone (shallow?)")
+        changed = _git("diff", "--name-only", commit, "HEAD", "--", f"notebooks/{f['stem']}.py", *SOURCES).stdout.split()
+        if changed:
+            stale.append(f"{f['stem']} (run at {commit[:12]}; since then: {', '.join(changed)})")
+    assert not stale, "rerun `make reproduce` and commit results/: " + "; ".join(stale)
+
+
+def test_every_notebook_has_committed_results():
+    stems = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.py") if p.stem != report.REPORT_NOTEBOOK)
+    have = {f["stem"] for f in committed_runs()}
+    assert not set(stems) - have, f"no committed results for {sorted(set(stems) - have)}: run `make reproduce`"
+    assert (RESULTS / "REPORT.md").is_file()
