@@ -729,8 +729,9 @@ def method_sets(lm: LanguageModel, prompts: list[str], answer: str, kns, ig_spar
     sparse IG rows of this fact, ``kind == "ig"``: free here, its cost is counted but its wall time
     is NaN), ``IG m=<m>`` for ``step_variants``, ``gradient``, ``grad×act``, ``activation``,
     ``random`` (``random_draws`` matched draws that avoid the KNs, seeded by ``seed`` and ``key``),
-    ``ablation search`` (greedy, from the top ``pool_per_layer`` neurons by grad×act of each KN
-    layer; its cost includes that grad×act pass) and ``knowledge neurons`` (``kns`` themselves, the
+    ``ablation search`` (greedy, from the top ``pool_per_layer`` neurons by grad×act and the top
+    ``pool_per_layer`` by |activation| of each KN layer; unmatched: ``pool_per_layer`` x KN layers of
+    each over all layers; its cost includes those two passes) and ``knowledge neurons`` (``kns``, the
     official refinement of IG over the fact's ``kn_prompts`` prompts). Rows: ``method, variant, draw,
     order, layer, neuron, forwards, backwards, units, wall_s`` (costs per method, repeated per row).
 
@@ -779,16 +780,22 @@ def method_sets(lm: LanguageModel, prompts: list[str], answer: str, kns, ig_spar
             add("random", [(int(i) // lm.d_ff, int(i) % lm.d_ff) for i in flat], pass_counts("random", n, L), 0.0,
                 "unmatched", d)
 
+    # The pool: first-order candidates (grad x act) and large activations, whose zeroing can matter far
+    # beyond what a gradient at the clean point predicts; both scores come from passes already run.
     gxa, gxa_cost, gxa_wall = scored["grad×act"]
-    searches = [("matched", top_by_layer(gxa, {l: max(pool_per_layer, c) for l, c in counts.items()}), counts, None)]
+    act, act_cost, act_wall = scored["activation"]
+    pool_cost = {c: gxa_cost[c] + act_cost[c] for c in gxa_cost}
+    per_layer = {l: max(pool_per_layer, c) for l, c in counts.items()}
+    searches = [("matched", top_by_layer(gxa, per_layer) + top_by_layer(act.abs(), per_layer), counts, None)]
     if unmatched:
-        searches.append(("unmatched", top_global(gxa, max(pool_per_layer * len(counts), k)), None, k))
+        n_pool = max(pool_per_layer * len(counts), k)
+        searches.append(("unmatched", top_global(gxa, n_pool) + top_global(act.abs(), n_pool), None, k))
     for variant, pool, quota, kk in searches:
         t0 = time.perf_counter()
         found = ablation_search(lm, prompts, answers, pool, k=kk, quota=quota, batch_size=batch_size)
         own = pass_counts("search", n, L, forwards=found["forwards"])
-        cost = {c: own[c] + gxa_cost[c] for c in own}
-        add("ablation search", found["neurons"], cost, time.perf_counter() - t0 + gxa_wall, variant)
+        cost = {c: own[c] + pool_cost[c] for c in own}
+        add("ablation search", found["neurons"], cost, time.perf_counter() - t0 + gxa_wall + act_wall, variant)
     add("knowledge neurons", kns, pass_counts("ig", kn_prompts or n, L, ig_steps), float("nan"))
     return pd.DataFrame(rows)
 

@@ -222,13 +222,15 @@ def test_method_sets_pick_each_methods_matched_top(llama, tmp_path):
         assert pick(label, "unmatched") == A.top_global(s, 3)
     rnd = m[m.method == "random"]
     assert rnd.draw.nunique() == 2 and not set(zip(rnd.layer, rnd.neuron)) & set(kns)
-    # the search's pool is grad x act's top-5 per KN layer and its neurons come from it
+    # the search's pool: the top 5 per KN layer by grad x act and by |activation|
     gxa = A.neuron_scores(lm, prompts, answers, "grad_x_act").mean(0)
-    pool = A.top_by_layer(gxa, {1: 5, 3: 5})
+    act = A.neuron_scores(lm, prompts, answers, "activation").mean(0)
+    pool = A.top_by_layer(gxa, {1: 5, 3: 5}) + A.top_by_layer(act.abs(), {1: 5, 3: 5})
     again = A.ablation_search(lm, prompts, answers, pool, quota=counts)
     assert pick("ablation search") == again["neurons"]
     cost = sets.groupby(["method", "variant"]).first()
-    assert cost.loc[("ablation search", "matched"), "forwards"] == again["forwards"] + 2
+    # its own forwards plus the grad x act (forward + backward) and activation (forward) passes
+    assert cost.loc[("ablation search", "matched"), "forwards"] == again["forwards"] + 2 + 2
     assert cost.loc[("ablation search", "matched"), "backwards"] == 2
     assert cost.loc[(f"IG m={steps}", "matched"), "units"] == A.pass_counts("ig", 2, 4, steps)["units"]
     assert np.isnan(cost.loc[(f"IG m={steps}", "matched"), "wall_s"])
