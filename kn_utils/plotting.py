@@ -323,3 +323,49 @@ def style_bars(suppression: pd.DataFrame, erasure: pd.DataFrame, text: pd.DataFr
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- 09_attribution_methods
+
+
+def method_effect_vs_cost(table: pd.DataFrame) -> plt.Figure:
+    """Suppression of the fact (own prompts) against cost, in plain-scheme forward-equivalents and in
+    measured wall time, and the effect on unrelated facts; 95% CIs over facts. ``table``: one row per
+    method with ``units, wall_s, own, own_ci_low, own_ci_high, other, other_ci_low, other_ci_high``.
+    Free methods (random) sit at half the cheapest paid method's cost on the log axes."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    colors = dict(zip(table.method, sns.color_palette("tab10", len(table))))
+    panels = [("units", "own", "cost: forward-equivalents per fact (fwd + 2·bwd, plain scheme)",
+               "Δ p(answer), own prompts"),
+              ("wall_s", "own", "measured selection wall time per fact (s)", "Δ p(answer), own prompts"),
+              ("units", "other", "cost: forward-equivalents per fact", "Δ p(answer), unrelated facts")]
+    for ax, (x, y, xlabel, ylabel) in zip(axes, panels):
+        paid = table[x][table[x] > 0]
+        floor = float(paid.min()) / 2 if len(paid) else 1.0
+        for r in table.itertuples():
+            xv = float(getattr(r, x)) if getattr(r, x) > 0 else floor
+            v, lo, hi = getattr(r, y), getattr(r, f"{y}_ci_low"), getattr(r, f"{y}_ci_high")
+            ax.errorbar([xv], [100 * v], yerr=[[100 * max(v - lo, 0)], [100 * max(hi - v, 0)]], fmt="o",
+                        color=colors[r.method], capsize=3, label=r.method)
+            label = r.method if getattr(r, x) > 0 else f"{r.method} (free)"
+            ax.annotate(label, (xv, 100 * v), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xscale("log")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.set_ylabel(f"{ylabel} (%)")
+    axes[0].set_title("Suppression per unit of cost")
+    axes[1].set_title("…per second on this CPU")
+    axes[2].set_title("Specificity (unrelated facts)")
+    fig.tight_layout()
+    return fig
+
+
+def method_jaccard(matrix: pd.DataFrame) -> plt.Figure:
+    """Mean Jaccard index between methods' neuron sets (per fact, then averaged over facts)."""
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(matrix), 0.8 + 0.6 * len(matrix)))
+    sns.heatmap(matrix, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", ax=ax,
+                cbar_kws={"label": "Jaccard (mean over facts)"})
+    ax.set_xlabel("")
+    ax.set_ylabel("")
+    ax.set_title("Overlap between methods' neuron sets")
+    return fig
