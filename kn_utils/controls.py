@@ -64,13 +64,14 @@ def matched_random(neurons, d_ff: int, n_draws: int, rng: np.random.Generator, e
     return draws
 
 
-def top_matched(scores: torch.Tensor, neurons, exclude=(), largest: bool = True) -> list[Neuron]:
+def top_matched(scores: torch.Tensor, neurons, exclude=(), largest: bool = True, like=None) -> list[Neuron]:
     """Per layer of ``neurons``, the same number of highest-scoring neurons by ``scores``
-    ``[n_layers, d_ff]``, leaving out ``neurons`` themselves and ``exclude``."""
+    ``[n_layers, d_ff]``, leaving out ``neurons`` themselves and ``exclude``. With ``like`` the
+    layer counts come from ``like`` instead and ``neurons`` (then usually ``[]``) only excludes."""
     scores = torch.as_tensor(scores, dtype=torch.float32)  # [n_layers, d_ff]
     banned = set(as_neurons(neurons)) | set(as_neurons(exclude))
     chosen = []
-    for layer, count in layer_histogram(neurons).items():
+    for layer, count in layer_histogram(neurons if like is None else like).items():
         s = scores[layer].clone()  # [d_ff]
         if not largest:
             s = -s
@@ -97,6 +98,7 @@ def scaled_set_probs(lm, prompts: list[str], answers: list[str], neuron_sets: li
     Returns ``(p, p_clean)``: ``p`` is ``[n_factors, n_sets, n_prompts]``, ``p_clean`` ``[n_prompts]``.
     """
     from .attribution import _CleanRun, _check, frozen
+    from .hooks import group_neurons
 
     _check(lm, prompts, answers, None)
     sets = [as_neurons(s) for s in neuron_sets]
@@ -106,6 +108,15 @@ def scaled_set_probs(lm, prompts: list[str], answers: list[str], neuron_sets: li
                 raise IndexError(f"neuron {(l, j)} out of range for {lm.name}: "
                                  f"{lm.n_layers} layers x {lm.d_ff} neurons")
     rows = [(k, s, f) for k, f in enumerate(factors) for s in range(len(sets))]
+    # the per-layer factor masks of each chunk of rows, built once and reused for every prompt
+    chunks = []
+    for start in range(0, len(rows), rows_per_pass):
+        chunk = rows[start:start + rows_per_pass]
+        mult: dict[int, torch.Tensor] = {}
+        for r, (_, s, f) in enumerate(chunk):
+            for layer, (idx, _) in group_neurons(sets[s]).items():
+                mult.setdefault(layer, torch.ones(len(chunk), lm.d_ff))[r, idx] = f  # [rows, d_ff]
+        chunks.append((chunk, mult))
     p = torch.zeros(len(factors), len(sets), len(prompts))
     p_clean = torch.zeros(len(prompts))
     with frozen(lm), torch.no_grad():
@@ -113,15 +124,11 @@ def scaled_set_probs(lm, prompts: list[str], answers: list[str], neuron_sets: li
             run = _CleanRun(lm, prompt)
             aid = lm.answer_id(answer)
             p_clean[i] = run.probs[aid]
-            for start in range(0, len(rows), rows_per_pass):
-                chunk = rows[start:start + rows_per_pass]
-                mult: dict[int, torch.Tensor] = {}
-                for r, (_, s, f) in enumerate(chunk):
-                    for l, j in sets[s]:
-                        mult.setdefault(l, torch.ones(len(chunk), lm.d_ff))[r, j] = f  # [rows, d_ff]
+            for chunk, mult in chunks:
                 got = run.scaled_probs(mult, aid).cpu() if mult else run.probs[aid].expand(len(chunk)).cpu()
-                for r, (k, s, _) in enumerate(chunk):
-                    p[k, s, i] = got[r]
+                ks = torch.tensor([k for k, _, _ in chunk])
+                ss = torch.tensor([s for _, s, _ in chunk])
+                p[ks, ss, i] = got
     return p, p_clean
 
 
@@ -277,7 +284,8 @@ def fact_control_effects(lm, prompts: list[str], answer: str, kns, n_draws: int,
     random sets, the top neurons by clean activation and by gradient×activation (means over the
     fact's prompts). Each set is zeroed and scaled by ``amplify`` at the prediction position.
 
-    One row per (set, prompt): ``set`` (kn / random / top_activation / top_grad_x_act), ``draw``,
+    One row per (set, prompt): ``set`` (kn / random / top_activation / top_grad_x_act /
+    top_grad_x_act_any, the last one chosen with the KNs allowed), ``draw``,
     ``prompt``, ``p_before``, ``p_suppress``, ``p_amplify`` and the gradient's first-order
     predictions ``fo_suppress``, ``fo_amplify`` of the change in p.
     """
@@ -290,7 +298,9 @@ def fact_control_effects(lm, prompts: list[str], answer: str, kns, n_draws: int,
     named = [("kn", 0, kns)]
     named += [("random", d, s) for d, s in enumerate(matched_random(kns, lm.d_ff, n_draws, rng))]
     named += [("top_activation", 0, top_matched(act.mean(0), kns)),
-              ("top_grad_x_act", 0, top_matched(gxa.mean(0), kns))]
+              ("top_grad_x_act", 0, top_matched(gxa.mean(0), kns)),
+              # the same choice with the KNs allowed: how many KNs would the gradient have picked?
+              ("top_grad_x_act_any", 0, top_matched(gxa.mean(0), [], largest=True, like=kns))]
     p, p_clean = scaled_set_probs(lm, prompts, answers, [s for _, _, s in named], factors=(0.0, amplify))
     rows = []
     for k, (kind, draw, s) in enumerate(named):

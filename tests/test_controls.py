@@ -45,6 +45,8 @@ def test_top_matched_takes_the_best_non_kns_per_layer():
     top = controls.top_matched(scores, KNS)
     assert sorted(top) == [(3, 4), (3, 5), (7, 2), (9, 19)]
     assert sorted(controls.top_matched(scores, KNS, exclude=[(3, 4)])) == [(3, 5), (3, 6), (7, 2), (9, 19)]
+    # KNs allowed, layer counts taken from them: the KNs themselves win layer 3
+    assert sorted(controls.top_matched(scores, [], like=KNS)) == [(3, 10), (3, 11), (7, 2), (9, 19)]
 
 
 # --------------------------------------------------------------------------- on tiny models
