@@ -204,3 +204,32 @@ def update_scatter(edited: pd.DataFrame) -> plt.Figure:
     fig.suptitle(f"Fact updates (n={len(edited)})")
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- 10_editing_controls
+
+
+def editing_controls(table: pd.DataFrame, metrics: list[str]) -> plt.Figure:
+    """Mean per condition with 95% CIs (``interventions.condition_summary`` rows), one panel per metric,
+    one bar group per edit direction."""
+    labels = {"success": "success (edited prompt)", "generalisation": "generalisation (paraphrases)",
+              "flip_rate": "flip rate (other facts)", "dnll": "ΔNLL other facts (log ppl ratio)"}
+    directions = list(dict.fromkeys(table.direction))
+    conditions = list(dict.fromkeys(table.condition))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.6), squeeze=False)
+    width = 0.8 / max(len(conditions), 1)
+    for ax, m in zip(axes[0], metrics):
+        for k, c in enumerate(conditions):
+            d = table[(table.metric == m) & (table.condition == c)].set_index("direction").reindex(directions)
+            err = np.vstack([d["mean"] - d.ci_low, d.ci_high - d["mean"]]).clip(min=0)
+            err = np.nan_to_num(err)
+            ax.bar(np.arange(len(directions)) + (k - (len(conditions) - 1) / 2) * width, d["mean"], width=width,
+                   yerr=err, capsize=2, label=c)
+        ax.set_xticks(range(len(directions)), [d.replace("_to_", "→") for d in directions])
+        ax.set_title(labels.get(m, m), fontsize=10)
+        ax.axhline(0, color="black", lw=0.8)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(conditions), fontsize=9, bbox_to_anchor=(0.5, -0.06))
+    fig.suptitle("Value replacement on knowledge neurons vs control neurons (95% CI over facts)")
+    fig.tight_layout()
+    return fig
