@@ -611,13 +611,15 @@ def control_neuron_sets(lm: LanguageModel, pararel, fact_id: str, kns_by_fact: d
     return sets
 
 
-def per_fact_outcomes(rows: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Mean of ``metrics`` over a fact's draws: one row per (fact, relation, direction, condition, lambda2).
+def per_fact_outcomes(rows: pd.DataFrame, metrics: list[str],
+                      keys: tuple[str, ...] = ("direction", "condition", "lambda2")) -> pd.DataFrame:
+    """Mean of ``metrics`` (booleans as shares) over a fact's draws (and neurons): one row per (fact,
+    relation, keys...).
 
         per_fact = per_fact_outcomes(rows, ["success", "flip_rate"])
     """
-    keys = ["fact_id", "relation", "direction", "condition", "lambda2"]
-    return rows.groupby(keys, sort=False)[metrics].mean().reset_index()
+    keys = ["fact_id", "relation", *keys]
+    return rows.astype({m: float for m in metrics}).groupby(keys, sort=False)[metrics].mean().reset_index()
 
 
 def paired_wilcoxon(a, b) -> dict:
