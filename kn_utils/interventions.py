@@ -380,3 +380,351 @@ def update_effects(lm: LanguageModel, pararel, edits: pd.DataFrame, neurons_by_f
                      "prompts": len(prompts), **{f"{k}_before": v for k, v in before.items()},
                      **{f"{k}_after": v for k, v in after.items()}})
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- editing controls (notebook 10)
+#
+# Notebook 05's value replacement (``update_fact``) applied to the fact's knowledge neurons and to control
+# neuron sets, in two directions, measured on the edited prompt, the fact's other paraphrases and a fixed
+# set of other facts' prompts (flips of their top-1 prediction, answer perplexity).
+
+DIRECTIONS = ("wrong_to_right", "right_to_arbitrary")
+CONDITIONS = ("kn", "random", "top_activation", "other_fact")
+
+
+def editing_fact_sample(pararel, relations: list[str], n_per_relation: int, seed: int,
+                        reuse: tuple[int, ...] = (8, 2)) -> pd.DataFrame:
+    """Up to ``n_per_relation`` facts of each relation: first those of the seeded samples of sizes
+    ``reuse`` (``pararel.sample_facts(k, seed)``: notebook 04 draws 8, notebook 01 draws 2, so their
+    attributions are already cached), then a top-up from ``sample_facts(n_per_relation, seed + 1)``.
+    The choice never looks at what is cached, so every machine edits the same facts.
+
+        facts = editing_fact_sample(view, ["P19", "P36"], 10, seed=0)
+    """
+    parts = []
+    for rel in relations:
+        draws = [pararel.sample_facts(k, seed=seed, relations=[rel]) for k in reuse]
+        draws.append(pararel.sample_facts(n_per_relation, seed=seed + 1, relations=[rel]))
+        facts = pd.concat(draws).drop_duplicates("fact_id")
+        parts.append(facts.head(n_per_relation))
+    return pd.concat(parts, ignore_index=True) if parts else pararel.facts.iloc[:0].reset_index(drop=True)
+
+
+def arbitrary_object(pararel, fact_id: str, seed: int) -> str:
+    """Another object of the fact's relation, drawn with a generator seeded by (seed, fact): the new
+    answer of the right->arbitrary edit. Raises when the relation has a single object.
+
+        arbitrary_object(view, "P36_0", seed=0)   # e.g. "Rome"
+    """
+    from .controls import fact_rng
+
+    facts = pararel.facts.set_index("fact_id")
+    gold, relation = facts.object[fact_id], facts.relation[fact_id]
+    choices = sorted(set(facts.object[facts.relation == relation]) - {gold})
+    if not choices:
+        raise ValueError(f"relation {relation} has no object other than {gold!r}: nothing to edit towards")
+    return choices[fact_rng(seed, f"{fact_id}:new").integers(len(choices))]
+
+
+def edit_directions(pred_id: int, gold_id: int, arbitrary_id: int) -> dict[str, tuple[int, int]]:
+    """``{direction: (old_id, new_id)}`` for one fact: ``wrong_to_right`` (the model's top-1 on the edited
+    prompt -> the gold answer; only when that top-1 is wrong) and ``right_to_arbitrary`` (the gold answer,
+    the reference answer whatever the model predicts -> another object of the relation).
+
+        edit_directions(pred_id=5, gold_id=7, arbitrary_id=9)
+        # {"wrong_to_right": (5, 7), "right_to_arbitrary": (7, 9)}
+    """
+    out = {}
+    if int(pred_id) != int(gold_id):
+        out["wrong_to_right"] = (int(pred_id), int(gold_id))
+    out["right_to_arbitrary"] = (int(gold_id), int(arbitrary_id))
+    return out
+
+
+def locality_prompts(pararel, n_per_relation: int, seed: int, exclude=()) -> pd.DataFrame:
+    """A fixed seeded set of other facts to watch during edits: ``n_per_relation`` facts of every relation
+    (facts in ``exclude`` left out), one random prompt each. Columns ``fact_id, relation, prompt, answer``.
+
+        loc = locality_prompts(view, 1, seed=0, exclude=facts.fact_id)
+    """
+    from .controls import fact_rng
+
+    exclude = set(exclude)
+    rows = []
+    for rel, g in pararel.facts.groupby("relation", sort=False):
+        ids = [f for f in g.fact_id if f not in exclude]
+        rng = fact_rng(seed, f"locality:{rel}")
+        for f in sorted(str(f) for f in rng.choice(ids, size=min(n_per_relation, len(ids)), replace=False)):
+            bag = pararel.bag(f)
+            rows.append({"fact_id": f, "relation": rel, "prompt": bag[rng.integers(len(bag))],
+                         "answer": g.object[g.fact_id == f].iloc[0]})
+    return pd.DataFrame(rows, columns=["fact_id", "relation", "prompt", "answer"])
+
+
+def flip_rate(pred_before, pred_after) -> float:
+    """Share of prompts whose top-1 token changed: the categorical flip rate (NaN for no prompts).
+
+        flip_rate([3, 4, 5], [3, 9, 5])   # 1/3
+    """
+    before, after = np.asarray(pred_before), np.asarray(pred_after)
+    if before.shape != after.shape:
+        raise ValueError(f"before {before.shape} and after {after.shape} differ")
+    return float((before != after).mean()) if before.size else float("nan")
+
+
+class Probes:
+    """A fixed prompt set evaluated as one batch, with every block's input hidden states of the unedited
+    model kept: an edit of layers >= l cannot change what enters block l, so ``evaluate_update`` runs
+    only the blocks from the lowest edited layer up (the same numbers, far less work for late layers).
+
+        probes = Probes(lm, prompts)
+        df = evaluate_update(lm, probes, answers, kns, old_id, new_id)
+    """
+
+    def __init__(self, lm: LanguageModel, prompts: list[str]):
+        from .attribution import _record_block_inputs
+
+        self.prompts = list(prompts)
+        blocks, hooks = _record_block_inputs(lm)
+        with torch.no_grad(), hooks:
+            lm.prediction_logits(lm.encode(self.prompts))
+        self.blocks = blocks  # per layer: [n_prompts, pos, d_model]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def evaluate_update(lm: LanguageModel, probes: Probes, answers, neurons: list[Neuron] = (), old_id: int = 0,
+                    new_id: int = 0, lambda1: float = 1.0, lambda2: float = 8.0) -> pd.DataFrame:
+    """``evaluate`` of ``probes`` while ``update_fact(lm, neurons, old_id, new_id, lambda1, lambda2)`` is
+    active (no neurons: the unedited model), starting at the lowest edited layer.
+
+        after = evaluate_update(lm, probes, ["Rome"] * len(probes), kns, lm.answer_id("Paris"), lm.answer_id("Rome"))
+    """
+    from .attribution import stack_from
+
+    neurons = _as_neurons(neurons)
+    if not neurons:
+        return evaluate(lm, probes.prompts, answers, batch_size=max(len(probes), 1))
+    start = min(l for l, _ in neurons)
+    with update_fact(lm, neurons, old_id, new_id, lambda1, lambda2), stack_from(lm, start, probes.blocks[start]):
+        return evaluate(lm, probes.prompts, answers, batch_size=len(probes))
+
+
+def edit_effects(lm: LanguageModel, fact: Probes, locality: Probes, locality_answers, locality_base: pd.DataFrame,
+                 same_relation, neurons: list[Neuron], old_id: int, new_id: int, lambda1: float = 1.0,
+                 lambda2: float = 8.0, fact_base: pd.DataFrame | None = None) -> dict:
+    """One edit's outcomes. ``fact``: the fact's prompts, the edited prompt first, then the edited prompt
+    again (its row reads the old answer); ``locality``: other facts' prompts (``locality_answers`` their
+    gold answers, ``locality_base`` their unedited ``evaluate``, ``same_relation`` a boolean mask).
+
+    Returns ``success`` (new answer top-1 on the edited prompt), ``generalisation`` (share of the other
+    paraphrases with the new answer top-1; NaN when there are none), the same two before the edit,
+    ``p_new``/``p_old`` on the edited prompt before and after, ``old_top1_after``, ``flip_rate`` of the
+    locality prompts' top-1 (``_same``/``_other`` relation) and ``dnll`` = mean change of their answers'
+    negative log-likelihood (= log of the answer-perplexity ratio, ``_same``/``_other`` too).
+    """
+    n = len(fact) - 1
+    answers = [new_id] * n + [old_id]
+    before = fact_base if fact_base is not None else evaluate_update(lm, fact, answers)
+    after = evaluate_update(lm, fact, answers, neurons, old_id, new_id, lambda1, lambda2)
+    loc = evaluate_update(lm, locality, locality_answers, neurons, old_id, new_id, lambda1, lambda2)
+    same = np.asarray(same_relation, dtype=bool)
+    pred_b, pred_a = locality_base.pred_id.to_numpy(), loc.pred_id.to_numpy()  # [n_locality]
+    dnll = loc.nll.to_numpy() - locality_base.nll.to_numpy()  # [n_locality]
+
+    def mean(x):
+        return float(np.mean(x)) if len(x) else float("nan")
+
+    top_b, top_a = before.top1.to_numpy(), after.top1.to_numpy()
+    return {"success": bool(top_a[0]), "success_before": bool(top_b[0]),
+            "generalisation": mean(top_a[1:n]), "generalisation_before": mean(top_b[1:n]),
+            "p_new_before": float(before.p_answer[0]), "p_new_after": float(after.p_answer[0]),
+            "p_old_before": float(before.p_answer[n]), "p_old_after": float(after.p_answer[n]),
+            "old_top1_after": bool(top_a[n]),
+            "flip_rate": flip_rate(pred_b, pred_a), "flip_rate_same": flip_rate(pred_b[same], pred_a[same]),
+            "flip_rate_other": flip_rate(pred_b[~same], pred_a[~same]),
+            "dnll": mean(dnll), "dnll_same": mean(dnll[same]), "dnll_other": mean(dnll[~same])}
+
+
+def fact_edit_controls(lm: LanguageModel, prompts: list[str], gold_id: int, arbitrary_id: int,
+                       neuron_sets: dict[str, list[list[Neuron]]], locality: Probes, locality_answers,
+                       locality_base: pd.DataFrame, same_relation, lambda1: float = 1.0,
+                       lambda2_values=(8.0,)) -> pd.DataFrame:
+    """Every edit of one fact: both directions (``edit_directions``, from the model's top-1 on
+    ``prompts[0]``, the edited prompt) x every condition's neuron sets (``{condition: [set, ...]}``,
+    several sets = several random draws) x ``lambda2_values``. One row per edit with ``direction,
+    condition, draw, lambda2, neurons, neuron_set`` ("layer:index" joined by ";"), ``old_id, new_id,
+    pred_id`` and ``edit_effects``' outcomes; a condition with an empty set gives no row. ``locality_base``: ``evaluate_update(lm, locality, locality_answers)``,
+    computed once for all facts.
+
+        rows = fact_edit_controls(lm, view.bag(f), gold, new, {"kn": [kns], "random": draws}, loc, loc_ids,
+                                  loc_base, same)
+    """
+    fact = Probes(lm, list(prompts) + [prompts[0]])
+    pred = int(evaluate_update(lm, fact, [gold_id] * len(fact)).pred_id[0])
+    rows = []
+    for direction, (old, new) in edit_directions(pred, gold_id, arbitrary_id).items():
+        base = evaluate_update(lm, fact, [new] * len(prompts) + [old])
+        for condition, sets in neuron_sets.items():
+            for draw, neurons in enumerate(sets):
+                if not len(neurons):
+                    continue
+                for lambda2 in lambda2_values:
+                    res = edit_effects(lm, fact, locality, locality_answers, locality_base, same_relation, neurons,
+                                       old, new, lambda1, lambda2, fact_base=base)
+                    rows.append({"direction": direction, "condition": condition, "draw": draw,
+                                 "lambda2": float(lambda2), "neurons": len(neurons),
+                                 "neuron_set": ";".join(f"{l}:{j}" for l, j in _as_neurons(neurons)),
+                                 "old_id": old, "new_id": new, "pred_id": pred, **res})
+    return pd.DataFrame(rows)
+
+
+def control_neuron_sets(lm: LanguageModel, pararel, fact_id: str, kns_by_fact: dict[str, list[Neuron]],
+                        seed: int, n_random: int = 1, batch_size: int = 32) -> dict[str, list[list[Neuron]]]:
+    """The neuron sets notebook 10 edits for one fact, ``{condition: [set, ...]}``:
+
+    - ``kn``: the fact's knowledge neurons;
+    - ``random``: ``n_random`` draws with the same count per layer, never a KN (``controls.matched_random``);
+    - ``top_activation``: per KN layer, the non-KN neurons with the highest mean activation over the
+      fact's prompts (``controls.top_matched``): what the critique says any activated neuron would do;
+    - ``other_fact``: the knowledge neurons (minus this fact's) of another fact of the same relation in
+      ``kns_by_fact``, drawn with a seeded generator among those with any left; empty when none has.
+
+    Seeded per fact (``controls.fact_rng``), so the sets do not depend on which other facts ran.
+
+        sets = control_neuron_sets(lm, view, "P36_3", kns_by_fact, seed=0, n_random=2)
+    """
+    from .attribution import neuron_scores
+    from .controls import fact_rng, matched_random, top_matched
+
+    kns = _as_neurons(kns_by_fact.get(fact_id, []))
+    sets: dict[str, list[list[Neuron]]] = {c: [] for c in CONDITIONS}
+    if not kns:
+        return sets
+    sets["kn"] = [kns]
+    sets["random"] = matched_random(kns, lm.d_ff, n_random, fact_rng(seed, f"{fact_id}:random"))
+    prompts = pararel.bag(fact_id)
+    gold = pararel.facts.set_index("fact_id").object[fact_id]
+    acts = neuron_scores(lm, prompts, [gold] * len(prompts), "activation", batch_size).mean(0)  # [n_layers, d_ff]
+    sets["top_activation"] = [top_matched(acts, kns)]
+    relation = pararel.facts.set_index("fact_id").relation
+    others = sorted(f for f, v in kns_by_fact.items()
+                    if f != fact_id and relation[f] == relation[fact_id] and set(_as_neurons(v)) - set(kns))
+    if others:
+        pick = others[fact_rng(seed, f"{fact_id}:other").integers(len(others))]
+        sets["other_fact"] = [[n for n in _as_neurons(kns_by_fact[pick]) if n not in set(kns)]]
+    return sets
+
+
+def per_fact_outcomes(rows: pd.DataFrame, metrics: list[str],
+                      keys: tuple[str, ...] = ("direction", "condition", "lambda2")) -> pd.DataFrame:
+    """Mean of ``metrics`` (booleans as shares) over a fact's draws (and neurons): one row per (fact,
+    relation, keys...).
+
+        per_fact = per_fact_outcomes(rows, ["success", "flip_rate"])
+    """
+    keys = ["fact_id", "relation", *keys]
+    return rows.astype({m: float for m in metrics}).groupby(keys, sort=False)[metrics].mean().reset_index()
+
+
+def paired_wilcoxon(a, b) -> dict:
+    """Wilcoxon signed-rank test of paired values (pairs with a NaN dropped): ``n`` pairs, ``mean_diff``
+    (a - b), ``statistic``, two-sided ``p``. All differences zero: p = 1 (no evidence of a difference).
+
+        paired_wilcoxon(kn_flip_rate, random_flip_rate)
+    """
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need equal shapes, got {a.shape} and {b.shape}")
+    ok = ~(np.isnan(a) | np.isnan(b))
+    d = a[ok] - b[ok]
+    out = {"n": int(ok.sum()), "mean_diff": float(d.mean()) if len(d) else float("nan"),
+           "statistic": float("nan"), "p": float("nan")}
+    if len(d) and np.all(d == 0):
+        out.update(statistic=0.0, p=1.0)
+    elif len(d):
+        res = stats.wilcoxon(d)
+        out.update(statistic=float(res.statistic), p=float(res.pvalue))
+    return out
+
+
+def condition_summary(per_fact: pd.DataFrame, metrics: list[str], by: list[str], n_resamples: int = 1000,
+                      seed: int = 0) -> pd.DataFrame:
+    """Per group of ``by`` and metric: the mean over facts and a bootstrap CI resampling facts within
+    relations (``metrics.bootstrap_groups``); NaN values (e.g. no other paraphrase) are left out.
+
+        condition_summary(per_fact, ["success", "flip_rate"], ["direction", "condition"])
+    """
+    from .metrics import bootstrap_groups
+
+    rows = []
+    groups = per_fact.groupby(list(by), sort=False) if by else [((), per_fact)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        for m in metrics:
+            part = g[g[m].notna()]
+            stat = lambda d, m=m: float(d[m].mean())  # noqa: E731
+            lo, hi = (bootstrap_groups(part, stat, n_resamples=n_resamples, seed=seed)
+                      if part.fact_id.nunique() > 1 else (float("nan"),) * 2)
+            rows.append({**dict(zip(by, key)), "metric": m, "mean": stat(part) if len(part) else float("nan"),
+                         "ci_low": lo, "ci_high": hi, "facts": int(part.fact_id.nunique()),
+                         "relations": int(part.relation.nunique())})
+    return pd.DataFrame(rows)
+
+
+def paired_condition_tests(per_fact: pd.DataFrame, metrics: list[str], reference: str = "kn",
+                           by: tuple[str, ...] = ("direction", "lambda2")) -> pd.DataFrame:
+    """``paired_wilcoxon`` of ``reference`` against every other condition on the facts both have, per
+    group of ``by`` and metric. Rows: ``by..., metric, condition, n, mean_diff (reference - condition), p``.
+
+        paired_condition_tests(per_fact, ["success", "flip_rate"])
+    """
+    rows = []
+    groups = per_fact.groupby(list(by), sort=False) if by else [((), per_fact)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        wide = g.pivot_table(index="fact_id", columns="condition", values=metrics, aggfunc="mean")
+        for m in metrics:
+            if (m, reference) not in wide:
+                continue
+            for cond in [c for c in wide[m].columns if c != reference]:
+                t = paired_wilcoxon(wide[(m, reference)], wide[(m, cond)])
+                rows.append({**dict(zip(by, key)), "metric": m, "condition": cond, **t})
+    return pd.DataFrame(rows)
+
+
+def fact_cache_file(folder, fact_id: str, **inputs) -> "Path":
+    """``folder/<fact_id>-<hash of inputs>.parquet``: a fact's cached results are found again only while
+    everything that went into them (neuron sets, answer ids, ...) is unchanged (notebooks 10 and 11).
+
+        io.cached_parquet(fact_cache_file(d, f, sets=sets, gold=gold_id, new=new_id), compute)
+    """
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from .io import to_jsonable
+
+    text = json.dumps(to_jsonable(inputs), sort_keys=True)
+    return Path(folder) / f"{fact_id}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.parquet"
+
+
+def paired_differences(per_fact: pd.DataFrame, metric: str, reference: str = "kn",
+                       keys: tuple[str, ...] = ("direction", "lambda2")) -> pd.DataFrame:
+    """Per fact, ``reference`` minus every other condition on ``metric`` (facts lacking either left out):
+    rows ``fact_id, relation, keys..., condition`` (e.g. "kn - random") and ``metric``, ready for
+    ``condition_summary`` (a CI of the paired difference).
+
+        diffs = paired_differences(per_fact, "success")
+    """
+    index = ["fact_id", "relation", *keys]
+    wide = per_fact.pivot_table(index=index, columns="condition", values=metric, aggfunc="mean").reset_index()
+    if reference not in wide:
+        return pd.DataFrame(columns=[*index, "condition", metric])
+    others = [c for c in per_fact.condition.unique() if c != reference and c in wide]
+    parts = [wide[index].assign(condition=f"{reference} - {c}", **{metric: wide[reference] - wide[c]}) for c in others]
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*index, "condition", metric])
+    return out[out[metric].notna()].reset_index(drop=True)

@@ -182,3 +182,166 @@ def overlap_by_fact(pairs: pd.DataFrame, fact_ids: list[str]) -> pd.DataFrame:
     means = both.groupby(["fact", "same_relation"])["shared"].mean().unstack()
     means = means.reindex(index=fact_ids, columns=[True, False])
     return pd.DataFrame({"fact_id": fact_ids, "within": means[True].to_numpy(), "across": means[False].to_numpy()})
+
+
+# --------------------------------------------------------------------------- key-value reading (notebook 11)
+#
+# Geva et al. (2021) read an FFN as a key-value memory: the first layer's rows are keys matched against
+# the input, the output projection's rows are values added to the residual stream and readable through
+# the output embedding (the "logit lens"). Here: which prompts switch a knowledge neuron on (its key), and
+# which tokens its value vector promotes.
+
+
+def value_logit_lens(lm, neurons, norm: bool = True, signs=None) -> torch.Tensor:
+    """Each neuron's value vector read through the model's own output head: ``[n_neurons, vocab]`` logits
+    ``lm.head(lm.final_norm(v))`` (no final norm when the model has none or ``norm=False``; BERT's head
+    carries its own transform). ``signs`` ``[n_neurons]`` multiplies each value first, e.g. by the sign
+    of the neuron's activation, since what the FFN writes is ``activation * value``.
+
+        logits = value_logit_lens(lm, [(28, 1093), (29, 17)])   # [2, vocab]
+    """
+    pairs = [(int(l), int(j)) for l, j in neurons]
+    with torch.no_grad():
+        if not pairs:
+            return torch.empty(0, lm.head(torch.zeros(1, lm.d_model, device=lm.device)).shape[-1])
+        v = torch.stack([lm.value_vectors(l)[j] for l, j in pairs]).detach()  # [n, d_model]
+        if signs is not None:
+            v = v * torch.as_tensor(signs, dtype=v.dtype, device=v.device)[:, None]
+        if norm and lm.final_norm is not None:
+            v = lm.final_norm(v)
+        return lm.head(v).float()  # [n, vocab]
+
+
+def token_ranks(logits: torch.Tensor, ids) -> torch.Tensor:
+    """Rank of ``ids[i]`` in row ``i`` of ``logits`` ``[n, vocab]``, 1 = the highest (ties favour the token).
+
+        token_ranks(torch.tensor([[0.1, 0.9, 0.5]]), [2])   # tensor([2])
+    """
+    ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)  # [n]
+    if logits.dim() != 2 or len(ids) != logits.shape[0]:
+        raise ValueError(f"logits must be [n, vocab] with one id per row, got {tuple(logits.shape)} and {len(ids)} ids")
+    own = logits.gather(1, ids[:, None].to(logits.device))  # [n, 1]
+    return ((logits > own).sum(1) + 1).cpu()
+
+
+def lens_table(lm, neurons, answer_ids, signs=None, norm: bool = True, promote_k: int = 100,
+               top_k: int = 0) -> pd.DataFrame:
+    """Per neuron, how its value vector (``value_logit_lens``) treats its answer token: ``rank`` (1 = top),
+    ``percentile`` (rank / vocab), ``promotes`` (rank <= ``promote_k``), ``above_median`` (the answer's
+    logit above the vocabulary's median), ``z`` (answer logit in standard deviations from the mean
+    logit) and, with ``top_k``, the ``top_tokens`` it promotes most.
+
+        lens_table(lm, [(28, 1093)], [lm.answer_id("Paris")], top_k=10)
+    """
+    pairs = [(int(l), int(j)) for l, j in neurons]
+    logits = value_logit_lens(lm, pairs, norm=norm, signs=signs)  # [n, vocab]
+    ids = torch.as_tensor(answer_ids, dtype=torch.long).reshape(-1)
+    ranks = token_ranks(logits, ids) if len(pairs) else torch.empty(0, dtype=torch.long)
+    gold = logits.gather(1, ids[:, None])[:, 0] if len(pairs) else torch.empty(0)  # [n]
+    table = pd.DataFrame({
+        "layer": [l for l, _ in pairs], "neuron": [j for _, j in pairs], "answer_id": ids.numpy(),
+        "rank": ranks.numpy(), "percentile": ranks.numpy() / logits.shape[1],
+        "promotes": ranks.numpy() <= promote_k,
+        "above_median": (gold > logits.median(1).values).numpy() if len(pairs) else np.zeros(0, bool),
+        "z": ((gold - logits.mean(1)) / logits.std(1)).numpy() if len(pairs) else np.zeros(0)})
+    if top_k:
+        top = logits.topk(top_k, dim=1).indices.tolist() if len(pairs) else []
+        table["top_tokens"] = [[lm.tokenizer.decode([t]) for t in row] for row in top]
+    return table
+
+
+def subject_prompts(pararel, subject: str, relation: str, other_per_relation: int, rng: np.random.Generator
+                    ) -> pd.DataFrame:
+    """Prompts that all mention ``subject``: every template of ``relation`` (for a PARAREL fact, its own
+    paraphrases) and ``other_per_relation`` random templates of every other relation, each filled with
+    the subject ([Y] -> [MASK], as the data set builds prompts). Columns ``relation, template_idx,
+    prompt, own``.
+
+        pool = subject_prompts(view, "Azerbaijan", "P36", 1, np.random.default_rng(0))
+    """
+    rows = []
+    for rel, g in pararel.templates.groupby("relation", sort=False):
+        if rel == relation:
+            picked = g
+        else:
+            picked = g.iloc[np.sort(rng.choice(len(g), size=min(other_per_relation, len(g)), replace=False))]
+        for t in picked.itertuples():
+            rows.append({"relation": rel, "template_idx": int(t.template_idx),
+                         "prompt": t.pattern.replace("[Y]", "[MASK]").replace("[X]", subject), "own": rel == relation})
+    if not any(r["own"] for r in rows):
+        raise ValueError(f"relation {relation!r} has no template in this view: nothing of its own to rank")
+    return pd.DataFrame(rows, columns=["relation", "template_idx", "prompt", "own"])
+
+
+def own_prompt_ranking(acts: torch.Tensor, own) -> pd.DataFrame:
+    """Rank prompts by each neuron's activation ``acts`` ``[n_prompts, n_neurons]``; ``own`` marks the
+    prompts of the neuron's own relation. Per neuron: ``top_is_own`` (its most activating prompt is
+    one of its own), ``auc`` (probability that an own prompt out-activates another one, ties half:
+    0.5 = no preference) and ``chance`` (share of own prompts: what ``top_is_own`` is at random).
+
+        own_prompt_ranking(acts, pool.own.to_numpy())
+    """
+    a = torch.as_tensor(acts, dtype=torch.float32)
+    own = torch.tensor(np.array(own, dtype=bool))
+    if a.dim() != 2 or a.shape[0] != len(own):
+        raise ValueError(f"acts must be [n_prompts, n_neurons] with one own flag per prompt, got "
+                         f"{tuple(a.shape)} and {len(own)} flags")
+    if own.all() or not own.any():
+        raise ValueError("own must mark some prompts but not all: the ranking compares own with other prompts")
+    mine, others = a[own], a[~own]  # [n_own, n], [n_other, n]
+    gt = (mine[:, None, :] > others[None, :, :]).float() + 0.5 * (mine[:, None, :] == others[None, :, :]).float()
+    return pd.DataFrame({"top_is_own": own[a.argmax(0)].numpy(), "auc": gt.mean((0, 1)).numpy(),
+                         "chance": float(own.float().mean())})
+
+
+KV_CONDITIONS = ("kn", "random", "top_activation")
+
+
+def key_value_fact(lm, pararel, fact_id: str, kns, seed: int, n_random: int = 20, other_per_relation: int = 1,
+                   promote_k: int = 100, batch_size: int = 32) -> pd.DataFrame:
+    """Both key-value readings for one fact's knowledge neurons ``kns`` and two controls from the same
+    layers: ``random`` (``n_random`` matched draws, ``controls.matched_random``) and ``top_activation``
+    (per KN layer the non-KNs with the largest |mean activation| on the fact's own prompts,
+    ``controls.top_matched``: neurons *selected on the same prompts*, the critique's explanation of the
+    paper's top-prompt examples).
+
+    One row per (condition, draw, neuron). The key side, on ``subject_prompts`` (own relation vs other
+    relations' templates, all with the fact's subject): ``top_is_own``, ``auc`` ranking the prompts by
+    activation (the paper's rule), ``top_is_own_abs``, ``auc_abs`` by |activation| (SwiGLU neurons fire
+    in both directions), ``chance``, ``act_own`` (mean activation on the own prompts). The value side
+    (``lens_table``): ``rank``, ``percentile``, ``promotes``, ``above_median``, ``z`` of the fact's answer
+    for the value vector as stored and, ``_signed``, times the sign of ``act_own`` (what the FFN adds on
+    these prompts).
+
+        rows = key_value_fact(lm, view, "P36_3", kns, seed=0)
+    """
+    from .attribution import neuron_scores
+    from .controls import fact_rng, matched_random, top_matched
+
+    kns = [(int(l), int(j)) for l, j in kns]
+    if not kns:
+        return pd.DataFrame()
+    fact = pararel.facts.set_index("fact_id").loc[fact_id]
+    pool = subject_prompts(pararel, fact.subject, fact.relation, other_per_relation, fact_rng(seed, f"{fact_id}:pool"))
+    own = torch.tensor(pool.own.to_numpy(dtype=bool))  # [n_prompts]
+    # [n_prompts, n_layers, d_ff]
+    acts = neuron_scores(lm, pool.prompt.tolist(), [fact.object] * len(pool), "activation", batch_size)
+    sets = {"kn": [kns], "random": matched_random(kns, lm.d_ff, n_random, fact_rng(seed, f"{fact_id}:kv-random")),
+            "top_activation": [top_matched(acts[own].mean(0).abs(), kns)]}
+    parts = []
+    for condition, draws in sets.items():
+        for draw, neurons in enumerate(draws):
+            a = torch.stack([acts[:, l, j] for l, j in neurons], 1)  # [n_prompts, n_neurons]
+            parts.append(pd.concat([
+                pd.DataFrame({"condition": condition, "draw": draw, "layer": [l for l, _ in neurons],
+                              "neuron": [j for _, j in neurons], "act_own": a[own].mean(0).numpy()}),
+                own_prompt_ranking(a, own.numpy()),
+                own_prompt_ranking(a.abs(), own.numpy())[["top_is_own", "auc"]].add_suffix("_abs")], axis=1))
+    rows = pd.concat(parts, ignore_index=True)
+    # every neuron's logit lens in one pass over the output head
+    neurons, answers = list(zip(rows.layer, rows.neuron)), [lm.answer_id(fact.object)] * len(rows)
+    signs = np.where(rows.act_own.to_numpy() < 0, -1.0, 1.0)
+    keep = ["rank", "percentile", "promotes", "above_median", "z"]
+    raw = lens_table(lm, neurons, answers, promote_k=promote_k)[keep]
+    signed = lens_table(lm, neurons, answers, signs=signs, promote_k=promote_k)[keep].add_suffix("_signed")
+    return pd.concat([rows, raw, signed], axis=1).assign(prompts=len(pool), own_prompts=int(own.sum()))

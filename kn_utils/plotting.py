@@ -369,3 +369,72 @@ def method_jaccard(matrix: pd.DataFrame) -> plt.Figure:
     ax.set_ylabel("")
     ax.set_title("Overlap between methods' neuron sets")
     return fig
+
+
+# --------------------------------------------------------------------------- 10_editing_controls
+
+
+def editing_controls(table: pd.DataFrame, metrics: list[str]) -> plt.Figure:
+    """Mean per condition with 95% CIs (``interventions.condition_summary`` rows), one panel per metric,
+    one bar group per edit direction."""
+    labels = {"success": "success (edited prompt)", "generalisation": "generalisation (paraphrases)",
+              "flip_rate": "flip rate (other facts)", "dnll": "ΔNLL other facts (log ppl ratio)"}
+    directions = list(dict.fromkeys(table.direction))
+    conditions = list(dict.fromkeys(table.condition))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.6), squeeze=False)
+    width = 0.8 / max(len(conditions), 1)
+    for ax, m in zip(axes[0], metrics):
+        for k, c in enumerate(conditions):
+            d = table[(table.metric == m) & (table.condition == c)].set_index("direction").reindex(directions)
+            err = np.vstack([d["mean"] - d.ci_low, d.ci_high - d["mean"]]).clip(min=0)
+            err = np.nan_to_num(err)
+            ax.bar(np.arange(len(directions)) + (k - (len(conditions) - 1) / 2) * width, d["mean"], width=width,
+                   yerr=err, capsize=2, label=c)
+        ax.set_xticks(range(len(directions)), [d.replace("_to_", "→") for d in directions])
+        ax.set_title(labels.get(m, m), fontsize=10)
+        ax.axhline(0, color="black", lw=0.8)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(conditions), fontsize=9, bbox_to_anchor=(0.5, -0.06))
+    fig.suptitle("Value replacement on knowledge neurons vs control neurons (95% CI over facts)")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- 11_key_value
+
+
+def key_value(table: pd.DataFrame, rows: pd.DataFrame) -> plt.Figure:
+    """Left: keys (by |activation|), share of neurons whose top prompt is an own-relation template and
+    the own-vs-other AUC, and values (signed), share whose logit lens ranks the answer in the top k, per
+    condition (95% CI over facts; dashed: chance). Right: the rank of the answer token in each
+    neuron's signed logit lens, knowledge neurons against the controls (cumulative share)."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    conditions = list(dict.fromkeys(table.condition))
+    metrics = [("top_is_own_abs", "key: top prompt\nis own relation"), ("auc_abs", "key: own-vs-other\nAUC"),
+               ("promotes_signed", "value: answer\nin top k"), ("above_median_signed", "value: answer\nabove median")]
+    width = 0.8 / max(len(conditions), 1)
+    for k, c in enumerate(conditions):
+        d = table[table.condition == c].set_index("metric").reindex([m for m, _ in metrics])
+        err = np.nan_to_num(np.vstack([d["mean"] - d.ci_low, d.ci_high - d["mean"]]).clip(min=0))
+        a1.bar(np.arange(len(metrics)) + (k - (len(conditions) - 1) / 2) * width, d["mean"], width=width, yerr=err,
+               capsize=2, label=c)
+    chance = table[(table.metric == "chance") & (table.condition == "kn")]["mean"]
+    if len(chance):
+        a1.hlines(float(chance.iloc[0]), -0.4, 0.4, colors="gray", linestyles="--")
+    a1.hlines(0.5, 0.6, 1.4, colors="gray", linestyles="--")
+    a1.hlines(0.5, 2.6, 3.4, colors="gray", linestyles="--")
+    a1.set_xticks(range(len(metrics)), [name for _, name in metrics], fontsize=8)
+    a1.set_ylim(0, 1)
+    a1.legend(fontsize=8)
+    a1.set_title("Keys (prompt ranking) and values")
+    for c in conditions:
+        r = np.sort(rows[rows.condition == c]["rank_signed"].to_numpy())
+        if len(r):
+            a2.plot(r, np.arange(1, len(r) + 1) / len(r), label=f"{c} (n={len(r)})")
+    a2.set_xscale("log")
+    a2.set_xlabel("rank of the fact's answer in the (signed) value's logit lens")
+    a2.set_ylabel("cumulative share of neurons")
+    a2.set_title("Values through the output head")
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
