@@ -109,6 +109,8 @@ $(RESULTS)/03_suppress_amplify/summary.json: $(RESULTS)/01_attribution/summary.j
 $(RESULTS)/06_random_neurons/summary.json: $(RESULTS)/01_attribution/summary.json
 $(RESULTS)/07_dose_response/summary.json: $(RESULTS)/01_attribution/summary.json
 $(RESULTS)/08_ablation_style/summary.json: $(RESULTS)/01_attribution/summary.json $(RESULTS)/04_relation_erasure/summary.json
+$(RESULTS)/09_attribution_methods/summary.json: $(RESULTS)/01_attribution/summary.json
+$(RESULTS)/11_key_value/summary.json: $(RESULTS)/01_attribution/summary.json
 
 # The report collects every other notebook's summary, so it runs after them all.
 $(REPORT_SUMMARY): $(SUMMARIES)
