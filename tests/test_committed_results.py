@@ -1,5 +1,6 @@
 """The committed results are what the committed code produces: every results/<notebook>/ was run
-from a clean checkout whose notebook, library and params file equal this checkout's."""
+from a clean checkout whose notebook and library equal this checkout's, with the parameters that
+params/default.yaml gives that notebook today."""
 import shutil
 import subprocess
 
@@ -9,8 +10,9 @@ from kn_utils import io, report
 
 ROOT = io.repo_root()
 RESULTS = ROOT / "results"
-# what can change a notebook's numbers; the report module only renders them
-SOURCES = ["kn_utils", "params/default.yaml", ":(exclude)kn_utils/report.py"]
+PARAMS = ROOT / "params" / "default.yaml"
+# what can change a notebook's numbers besides its parameters; the report module only renders them
+SOURCES = ["kn_utils", ":(exclude)kn_utils/report.py"]
 
 
 def _git(*args):
@@ -26,10 +28,11 @@ def committed_runs():
 
 
 @needs_git
-def test_every_committed_result_comes_from_the_current_code():
+def test_every_committed_result_comes_from_the_current_code_and_params():
     runs = committed_runs()
     if not runs:
         pytest.skip("no committed results")
+    params = io.load_params(PARAMS)
     stale = []
     for f in runs:
         meta = f["meta"]
@@ -37,6 +40,12 @@ def test_every_committed_result_comes_from_the_current_code():
         assert commit, f"{f['stem']}: meta.json has no commit"
         assert meta["git"].get("dirty") is False, f"{f['stem']} was run from a dirty checkout"
         assert meta.get("status") == "ok" and meta.get("params_file") == "params/default.yaml", f["stem"]
+        want = {k: v for k, v in io.notebook_params(params, f["stem"]).items() if k != "results_dir"}
+        got = {k: v for k, v in (meta.get("params") or {}).items() if k != "results_dir"}
+        if want != got:
+            diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+            stale.append(f"{f['stem']} (parameters changed: {', '.join(diff)})")
+            continue
         if _git("cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
             pytest.skip(f"commit {commit[:12]} not in this clone (shallow?)")
         changed = _git("diff", "--name-only", commit, "HEAD", "--", f"notebooks/{f['stem']}.py", *SOURCES).stdout.split()
