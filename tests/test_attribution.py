@@ -9,17 +9,9 @@ from kn_utils.attribution import (attribute_facts, ig_alphas, integrated_gradien
                                   integrated_gradients_reference, parse_shard, stack_from)
 from kn_utils.models import AnswerTokenError
 
+from helpers import prompts_for, rel_diff
+
 TINY = ["tiny-bert", "tiny-gpt2", "tiny-llama"]
-
-
-def prompts_for(lm):
-    if lm.is_causal:
-        return ["The capital of France is [MASK].", "Albert Einstein was born in the city of [MASK] ."], ["Paris", "Paris"]
-    return ["[MASK] is the capital of France.", "The capital of France is [MASK] ."], ["Paris", "Paris"]
-
-
-def rel_diff(a, b):
-    return float((a - b).abs().max() / b.abs().max())
 
 
 def test_alphas_follow_each_rule():

@@ -54,17 +54,9 @@ def test_top_matched_takes_the_best_non_kns_per_layer():
 import kn_utils as kn  # noqa: E402
 from kn_utils import interventions  # noqa: E402
 
+from helpers import prompts_for, rel_diff as rel  # noqa: E402
+
 TINY = ["tiny-bert", "tiny-gpt2", "tiny-llama"]
-
-
-def prompts_for(lm):
-    if lm.is_causal:
-        return ["The capital of France is [MASK].", "Albert Einstein was born in the city of [MASK] ."], ["Paris", "Paris"]
-    return ["[MASK] is the capital of France.", "The capital of France is [MASK] ."], ["Paris", "Paris"]
-
-
-def rel(a, b):
-    return float((a - b).abs().max() / b.abs().max())
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -14,18 +14,14 @@ from kn_utils.controls import layer_histogram
 from kn_utils.interventions import edit_value_vectors
 from kn_utils.neurons import sparse_scores
 
+from helpers import prompts_for
+
 TINY = ["tiny-bert", "tiny-gpt2", "tiny-llama"]
 
 
 @pytest.fixture(scope="module")
 def llama():
     return kn.load_model("tiny-llama")
-
-
-def prompts_for(lm):
-    if lm.is_causal:
-        return ["The capital of France is [MASK].", "Albert Einstein was born in the city of [MASK] ."], ["Paris", "Paris"]
-    return ["[MASK] is the capital of France.", "The capital of France is [MASK] ."], ["Paris", "Paris"]
 
 
 def plain_zeroed(lm, prompts, answers, neurons):
