@@ -10,21 +10,6 @@ from kn_utils import controls
 from kn_utils import interventions as iv
 
 
-@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2", "tiny-bert"])
-def lm(request):
-    return kn.load_model(request.param)
-
-
-@pytest.fixture(scope="module")
-def llama():
-    return kn.load_model("tiny-llama")
-
-
-@pytest.fixture(scope="module")
-def view(llama):
-    return kn.load_pararel().for_model(llama)[0]
-
-
 def prompts_for(lm):
     if lm.is_causal:
         return ["The capital of France is [MASK].", "Albert Einstein was born in [MASK] .", "He works as a [MASK].",

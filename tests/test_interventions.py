@@ -30,12 +30,6 @@ def changed_rows(lm, snap_values):
     return out
 
 
-# Edits restore the weights they touch, so one model per architecture serves the whole file.
-@pytest.fixture(scope="module", params=["tiny-gpt2", "tiny-llama", "tiny-bert"])
-def lm(request):
-    return kn.load_model(request.param)
-
-
 def prompts_for(lm):
     if lm.is_causal:
         return ["The capital of France is [MASK].", "Albert Einstein was born in [MASK] ."], ["Paris", "Paris"]

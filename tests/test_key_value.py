@@ -12,21 +12,6 @@ from kn_utils import neurons as nr
 NEURONS = [(0, 3), (2, 100), (3, 7)]
 
 
-@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2", "tiny-bert"])
-def lm(request):
-    return kn.load_model(request.param)
-
-
-@pytest.fixture(scope="module")
-def llama():
-    return kn.load_model("tiny-llama")
-
-
-@pytest.fixture(scope="module")
-def view(llama):
-    return kn.load_pararel().for_model(llama)[0]
-
-
 def by_hand(lm, v):
     """Final norm and head from the raw weights, per architecture."""
     m = lm.model

@@ -19,11 +19,6 @@ from helpers import prompts_for
 TINY = ["tiny-bert", "tiny-gpt2", "tiny-llama"]
 
 
-@pytest.fixture(scope="module")
-def llama():
-    return kn.load_model("tiny-llama")
-
-
 def plain_zeroed(lm, prompts, answers, neurons):
     """p(answer) with ``neurons`` zeroed, the ordinary way: whole prompts through kn.patch_ffn."""
     with kn.patch_ffn(lm, neurons, mode="zero"):

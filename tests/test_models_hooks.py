@@ -10,11 +10,6 @@ from kn_utils.models import AnswerTokenError, ModelNotAvailableError, PromptErro
 TINY = ["tiny-bert", "tiny-gpt2", "tiny-llama"]
 
 
-@pytest.fixture(scope="module", params=TINY)
-def lm(request):
-    return kn.load_model(request.param)
-
-
 def prompts_for(lm):
     if lm.is_causal:
         return ["The capital of France is [MASK].", "Albert Einstein was born in the city of [MASK] ."]
