@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -27,7 +29,10 @@ from kn_utils import io
 
 REPORT_NOTEBOOK = "99_report"
 ROW_KEYS = ("claim", "source", "paper", "ours", "ci", "n", "verdict")
-EMPTY = "—"  # shown instead of a blank cell, so a missing value is visibly missing
+EMPTY = "n/a"  # shown instead of a blank cell: the value does not exist (a count has no CI)
+NOT_RUN = "not run"  # a claim one results folder has and another lacks
+# The first number in a row's "ours" text; a trailing % means the row's CI is a fraction.
+_FIRST_NUMBER = re.compile(r"[-+−]?\d+(?:[.,]\d+)*(%?)")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -102,6 +107,21 @@ def _fmt(value: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ").strip() or EMPTY
 
 
+def ci_text(row: Mapping[str, Any]) -> str:
+    """A row's 95% CI in the units its "ours" text uses: notebooks store fractions, so a row whose
+    first number is a percentage shows its CI in percent too.
+
+    Usage: ``ci_text({"ours": "-56.4%", "ci": [-0.645, -0.525]})  # '[-64.5%, -52.5%]'``
+    """
+    ci = row.get("ci")
+    if not ci or any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in ci):
+        return EMPTY
+    first = _FIRST_NUMBER.search(str(row.get("ours") or ""))
+    if first and first.group(1):
+        return f"[{ci[0]:+.1%}, {ci[1]:+.1%}]"
+    return _fmt([float(v) for v in ci])
+
+
 def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
     header = list(header)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -152,7 +172,7 @@ def build_report(results_dir: str | os.PathLike) -> str:
     ]
     claim_rows = [
         [f["stem"], row.get("claim"), row.get("source"), row.get("paper"), row.get("ours"),
-         row.get("ci"), row.get("n"), row.get("verdict")]
+         ci_text(row), row.get("n"), row.get("verdict")]
         for f in found for row in f["summary"].get("rows", [])
     ]
     if claim_rows:
@@ -172,6 +192,9 @@ def build_report(results_dir: str | os.PathLike) -> str:
             rel = f"{f['stem']}/{fig}"
             missing = "" if (root / rel).is_file() else " (file missing)"
             lines += [f"![{fig}](<{rel}>){missing}", ""]
+        ns = sorted({int(r["n"]) for r in s.get("rows", []) if isinstance(r.get("n"), (int, float))})
+        if ns:
+            lines += [f"Facts behind this notebook's claim rows (n): {', '.join(f'{n:,}' for n in ns)}.", ""]
         if meta:
             lines.append(f"Run: {meta.get('status', EMPTY)}, {_fmt(meta.get('wall_time_s'))} s on "
                          f"{_fmt(meta.get('device'))}, commit {_fmt(_commit(meta))}, "
@@ -191,7 +214,7 @@ def _claim_key(stem: str, claim: Any, model: str) -> tuple[str, str]:
 def build_comparison(results_dirs: Mapping[str, str | os.PathLike]) -> str:
     """One table with every claim once and each results folder's answer beside it, e.g. the default
     model and a second one: ``{"SmolLM2-135M": "results", "Gemma-3-270m": "results/gemma"}``.
-    A claim a folder lacks shows as missing (—), never as a blank cell.
+    A claim a folder lacks shows as "not run", never as a blank cell.
 
     Usage: ``print(build_comparison({"a": "results", "b": "results/gemma"}))``
     """
@@ -216,8 +239,8 @@ def build_comparison(results_dirs: Mapping[str, str | os.PathLike]) -> str:
     for key in order:
         row = [key[0], key[1], claim_text[key].get("paper")]
         for label in cols:
-            r = cells[key].get(label, {})
-            row += [r.get("ours"), r.get("ci"), r.get("n"), r.get("verdict")]
+            r = cells[key].get(label)
+            row += [r.get("ours"), ci_text(r), r.get("n"), r.get("verdict")] if r else [NOT_RUN] * 4
         rows.append(row)
     lines = ["## Models side by side", ""]
     lines += [f"- {label}: `{io.display_path(Path(root))}`, model {_model_of(cols[label])}, "
@@ -227,17 +250,66 @@ def build_comparison(results_dirs: Mapping[str, str | os.PathLike]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(results_dir: str | os.PathLike, compare_with: Mapping[str, str | os.PathLike] | None = None) -> Path:
+def _pick(found: list[dict[str, Any]], stem: str, prefix: str) -> dict | None:
+    """The first row of notebook ``stem`` whose claim (model name as ``<model>``) starts with ``prefix``."""
+    model = _model_of(found)
+    for f in found:
+        if f["stem"] == stem:
+            for row in f["summary"].get("rows", []):
+                if _claim_key(stem, row.get("claim"), model)[1].startswith(prefix):
+                    return row
+    return None
+
+
+def build_main_table(results_dirs: Mapping[str, str | os.PathLike], picks: Iterable[Iterable[str]]) -> str:
+    """The report's first table: a few chosen claims, each folder's answer (value, 95% CI, facts)
+    and verdict side by side. ``picks`` are ``[notebook, claim prefix, label]`` (label "" keeps the
+    claim's own words); the first matching row of that notebook is shown, "not run" where a folder
+    lacks it (a pick no folder has stays visible as a row of "not run", e.g. a renamed claim).
+
+    Usage: ``print(build_main_table({"SmolLM2": "results"}, [["03_suppress_amplify", "Suppressing", ""]]))``
+    """
+    cols = {label: collect_summaries(Path(root)) for label, root in results_dirs.items()}
+    header = ["Notebook", "Claim", "Paper"]
+    for label in cols:
+        header += [f"{label}: ours [95% CI], n", f"{label}: verdict"]
+    rows = []
+    for stem, prefix, label in (tuple(p) for p in picks):
+        found = {name: _pick(f, stem, prefix) for name, f in cols.items()}
+        first = next((r for r in found.values() if r), {"claim": prefix + "…", "paper": NOT_RUN})
+        claim = str(first.get("claim"))
+        for name, r in found.items():  # a claim that names its model reads "the model" here
+            if r is not None:
+                claim = _claim_key(stem, claim, _model_of(cols[name]))[1].replace("<model>", "the model")
+        row = [stem, label or claim, first.get("paper")]
+        for r in found.values():
+            if r is None:
+                row += [NOT_RUN, NOT_RUN]
+                continue
+            ci = ci_text(r)
+            row += [f"{_fmt(r.get('ours'))} {ci if ci != EMPTY else ''}, n={_fmt(r.get('n'))}".replace(" ,", ","),
+                    r.get("verdict")]
+        rows.append(row)
+    return "\n".join(["## Main results", ""] + _table(header, rows)) + "\n"
+
+
+def write_report(results_dir: str | os.PathLike, compare_with: Mapping[str, str | os.PathLike] | None = None,
+                 main_claims: Iterable[Iterable[str]] = ()) -> Path:
     """Write ``<results_dir>/REPORT.md`` atomically and return its path.
 
     ``compare_with`` (``{label: results folder}``, this folder included under its own label) adds
     the side-by-side table of ``build_comparison``; folders without any summary yet are skipped.
+    ``main_claims`` (see ``build_main_table``) puts the chosen claims first, for every folder shown.
 
     Usage: ``write_report("results", {"SmolLM2-135M": "results", "Gemma-3-270m": "results/gemma"})``
     """
-    text = build_report(results_dir)
+    head, sep, rest = build_report(results_dir).partition("\n## Claims\n")
     present = {k: io.resolve(v) for k, v in (compare_with or {}).items() if collect_summaries(io.resolve(v))}
+    if len(present) < 2:
+        present = {_model_of(collect_summaries(results_dir)): Path(results_dir)}
+    main_claims = list(main_claims)
+    if main_claims and sep:
+        head += "\n" + build_main_table(present, main_claims)
     if len(present) > 1:
-        head, sep, rest = text.partition("\n## Claims\n")
-        text = head + "\n" + build_comparison(present) + sep + rest
-    return io.atomic_write_text(Path(results_dir) / "REPORT.md", text)
+        head += "\n" + build_comparison(present)
+    return io.atomic_write_text(Path(results_dir) / "REPORT.md", head + sep + rest)

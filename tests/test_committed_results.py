@@ -1,6 +1,7 @@
-"""The committed results are what the committed code produces: every results/<notebook>/ was run
-from a clean checkout whose notebook and library equal this checkout's, with the parameters that
-params/default.yaml gives that notebook today."""
+"""The committed results are what the committed code produces: every committed <results_dir>/<notebook>/
+was run from a clean checkout whose notebook and library equal this checkout's, with the parameters
+that its params file (params/default.yaml -> results/, params/gemma.yaml -> results/gemma/) gives that
+notebook today."""
 import shutil
 import subprocess
 
@@ -9,10 +10,10 @@ import pytest
 from kn_utils import io, report
 
 ROOT = io.repo_root()
-RESULTS = ROOT / "results"
-PARAMS = ROOT / "params" / "default.yaml"
 # what can change a notebook's numbers besides its parameters; the report module only renders them
 SOURCES = ["kn_utils", ":(exclude)kn_utils/report.py"]
+# params files whose results are committed (smoke results are not: their numbers mean nothing)
+COMMITTED = ["params/default.yaml", "params/gemma.yaml"]
 
 
 def _git(*args):
@@ -23,23 +24,28 @@ needs_git = pytest.mark.skipif(shutil.which("git") is None or _git("rev-parse", 
                                reason="not a git checkout")
 
 
-def committed_runs():
-    return [f for f in report.collect_summaries(RESULTS) if f["meta"]]
+def committed_runs(params_file: str):
+    """The notebooks with a tracked meta.json under the params file's results_dir."""
+    root = io.resolve(io.load_params(ROOT / params_file)["results_dir"])
+    tracked = set(_git("ls-files", "--", str(root.relative_to(ROOT))).stdout.split())
+    return root, [f for f in report.collect_summaries(root)
+                  if f["meta"] and f"{root.relative_to(ROOT)}/{f['stem']}/meta.json" in tracked]
 
 
 @needs_git
-def test_every_committed_result_comes_from_the_current_code_and_params():
-    runs = committed_runs()
+@pytest.mark.parametrize("params_file", COMMITTED)
+def test_every_committed_result_comes_from_the_current_code_and_params(params_file):
+    root, runs = committed_runs(params_file)
     if not runs:
-        pytest.skip("no committed results")
-    params = io.load_params(PARAMS)
+        pytest.skip(f"no committed results under {root}")
+    params = io.load_params(ROOT / params_file)
     stale = []
     for f in runs:
         meta = f["meta"]
         commit = (meta.get("git") or {}).get("commit")
         assert commit, f"{f['stem']}: meta.json has no commit"
         assert meta["git"].get("dirty") is False, f"{f['stem']} was run from a dirty checkout"
-        assert meta.get("status") == "ok" and meta.get("params_file") == "params/default.yaml", f["stem"]
+        assert meta.get("status") == "ok" and meta.get("params_file") == params_file, f["stem"]
         want = {k: v for k, v in io.notebook_params(params, f["stem"]).items() if k != "results_dir"}
         got = {k: v for k, v in (meta.get("params") or {}).items() if k != "results_dir"}
         if want != got:
@@ -51,11 +57,14 @@ def test_every_committed_result_comes_from_the_current_code_and_params():
         changed = _git("diff", "--name-only", commit, "HEAD", "--", f"notebooks/{f['stem']}.py", *SOURCES).stdout.split()
         if changed:
             stale.append(f"{f['stem']} (run at {commit[:12]}; since then: {', '.join(changed)})")
-    assert not stale, "rerun `make reproduce` and commit results/: " + "; ".join(stale)
+    assert not stale, f"rerun `make reproduce PARAMS={params_file}` and commit {root.relative_to(ROOT)}/: " + "; ".join(stale)
 
 
-def test_every_notebook_has_committed_results():
+@pytest.mark.parametrize("params_file", COMMITTED)
+def test_every_notebook_has_committed_results(params_file):
+    root, runs = committed_runs(params_file)
     stems = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.py") if p.stem != report.REPORT_NOTEBOOK)
-    have = {f["stem"] for f in committed_runs()}
-    assert not set(stems) - have, f"no committed results for {sorted(set(stems) - have)}: run `make reproduce`"
-    assert (RESULTS / "REPORT.md").is_file()
+    have = {f["stem"] for f in runs}
+    assert not set(stems) - have, (f"no committed results for {sorted(set(stems) - have)}: "
+                                   f"run `make reproduce PARAMS={params_file}`")
+    assert (root / "REPORT.md").is_file()

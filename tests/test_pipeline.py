@@ -62,8 +62,9 @@ def test_build_report_has_every_row_and_no_empty_cells(tmp_path: Path) -> None:
     for line in table_lines:
         cells = re.split(r"(?<!\\)\|", line)[1:-1]
         assert all(c.strip() for c in cells), line
-    assert "[0.1, 0.2]" in text and "0.1235" in text
+    assert "[+10.0%, +20.0%]" in text and "0.1235" in text  # the CI in the units of "ours" (12%)
     assert "![acc.png](<00_data_and_model/acc.png>)" in text
+    assert "claim rows (n): 120." in text and "claim rows (n): 7." in text  # the facts behind each section
     assert "smollm2-135m" in text and "0123456789ab" in text
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -185,5 +186,48 @@ def test_comparison_puts_each_claim_once_with_both_models(tmp_path: Path) -> Non
     table = [l for l in text.splitlines() if l.startswith("| 0")]
     assert len(table) == 2  # the model-named claim is one row, not two
     assert "Facts usable by <model>" in table[0] and "1%" in table[0] and "2%" in table[0]
-    assert "only in a" in table[1] and table[1].count("—") >= 4  # b's four cells visibly missing
+    assert "only in a" in table[1] and table[1].count(report.NOT_RUN) == 4  # b's four cells visibly missing
     assert "| |" not in text
+
+
+def test_ci_is_shown_in_the_units_of_the_value() -> None:
+    assert report.ci_text({"ours": "-56.4% (per fact -61%)", "ci": [-0.6447, -0.5249]}) == "[-64.5%, -52.5%]"
+    assert report.ci_text({"ours": "ΔNLL P176 +3.96 vs +1.5%", "ci": [1.403, 1.61]}) == "[1.403, 1.61]"
+    assert report.ci_text({"ours": "3", "ci": None}) == report.EMPTY
+    assert report.ci_text({"ours": "3%", "ci": [float("nan"), 0.1]}) == report.EMPTY
+
+
+def test_main_table_shows_chosen_claims_of_every_model(tmp_path: Path) -> None:
+    rows = {"a": [_row("Accuracy of m-one on facts", [0.1, 0.2], 5), _row("Suppress lowers p", [-0.5, -0.3], 9),
+                  _row("Suppress lowers p, known facts", [-0.9, -0.7], 2)],
+            "b": [_row("Accuracy of m-two on facts", [0.3, 0.4], 6)]}
+    for label, model in [("a", "m-one"), ("b", "m-two")]:
+        io.atomic_write_json(tmp_path / label / "03_x" / "summary.json", _summary("03_x", rows[label]))
+        io.atomic_write_json(tmp_path / label / "03_x" / "meta.json", {"params": {"model": model}})
+    picks = [["03_x", "Accuracy of <model>", ""], ["03_x", "Suppress lowers p", "Suppression"],
+             ["03_x", "Renamed claim", ""]]
+    text = report.build_main_table({"A": tmp_path / "a", "B": tmp_path / "b"}, picks)
+    table = [l for l in text.splitlines() if l.startswith("| 03_x")]
+    assert len(table) == 3
+    # one row for the model-named claim, each model's own value and CI (in percent, as "ours" is)
+    assert "Accuracy of the model on facts" in table[0]
+    assert "12% [+10.0%, +20.0%], n=5" in table[0] and "12% [+30.0%, +40.0%], n=6" in table[0]
+    # the first match wins (not the known-facts row); a folder without the claim says so
+    assert "| Suppression |" in table[1] and "[-50.0%, -30.0%], n=9" in table[1] and "-90.0%" not in table[1]
+    assert table[1].count(report.NOT_RUN) == 2
+    assert "Renamed claim…" in table[2] and table[2].count(report.NOT_RUN) == 5
+    for line in table:
+        assert all(c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]), line
+
+
+def test_report_puts_main_results_and_comparison_before_the_claims(tmp_path: Path) -> None:
+    _hand_made_results(tmp_path / "a")
+    _hand_made_results(tmp_path / "b")
+    picks = [["01_attribution", "gradients matter", ""]]
+    text = report.write_report(tmp_path / "a", {"A": tmp_path / "a", "B": tmp_path / "b", "C": tmp_path / "none"},
+                               picks).read_text()
+    main, side, claims = (text.index(h) for h in ("## Main results", "## Models side by side", "## Claims"))
+    assert main < side < claims
+    assert "C: ours" not in text  # a folder never run is left out
+    alone = report.write_report(tmp_path / "b", {}, picks).read_text()
+    assert "## Main results" in alone and "## Models side by side" not in alone
