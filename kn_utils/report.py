@@ -262,7 +262,7 @@ def _pick(found: list[dict[str, Any]], stem: str, prefix: str) -> dict | None:
 
 
 def build_main_table(results_dirs: Mapping[str, str | os.PathLike], picks: Iterable[Iterable[str]]) -> str:
-    """The report's first table: a few chosen claims, each folder's answer (value, 95% CI, facts)
+    """The report's first table: a few chosen claims, each folder's answer, 95% CI, number of facts
     and verdict side by side. ``picks`` are ``[notebook, claim prefix, label]`` (label "" keeps the
     claim's own words); the first matching row of that notebook is shown, "not run" where a folder
     lacks it (a pick no folder has stays visible as a row of "not run", e.g. a renamed claim).
@@ -272,7 +272,7 @@ def build_main_table(results_dirs: Mapping[str, str | os.PathLike], picks: Itera
     cols = {label: collect_summaries(Path(root)) for label, root in results_dirs.items()}
     header = ["Notebook", "Claim", "Paper"]
     for label in cols:
-        header += [f"{label}: ours [95% CI], n", f"{label}: verdict"]
+        header += [f"{label}: ours", f"{label}: 95% CI, n facts", f"{label}: verdict"]
     rows = []
     for stem, prefix, label in (tuple(p) for p in picks):
         found = {name: _pick(f, stem, prefix) for name, f in cols.items()}
@@ -283,12 +283,7 @@ def build_main_table(results_dirs: Mapping[str, str | os.PathLike], picks: Itera
                 claim = _claim_key(stem, claim, _model_of(cols[name]))[1].replace("<model>", "the model")
         row = [stem, label or claim, first.get("paper")]
         for r in found.values():
-            if r is None:
-                row += [NOT_RUN, NOT_RUN]
-                continue
-            ci = ci_text(r)
-            row += [f"{_fmt(r.get('ours'))} {ci if ci != EMPTY else ''}, n={_fmt(r.get('n'))}".replace(" ,", ","),
-                    r.get("verdict")]
+            row += [r.get("ours"), f"{ci_text(r)}, n={_fmt(r.get('n'))}", r.get("verdict")] if r else [NOT_RUN] * 3
         rows.append(row)
     return "\n".join(["## Main results", ""] + _table(header, rows)) + "\n"
 

@@ -1,4 +1,5 @@
 """Every notebook runs end to end on the smoke parameters, and the report builds from their summaries."""
+import re
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,8 @@ def test_report_collects_every_notebook(smoke_results):
     for nb in NOTEBOOKS[:-1]:
         assert nb.stem in text
     assert "PARAREL evaluation set size" in text
+    # the main table comes first, and no table anywhere has a blank cell
+    assert text.index("## Main results") < text.index("## Claims")
+    for line in (l for l in text.splitlines() if l.startswith("|")):
+        cells = re.split(r"(?<!\\)\|", line)[1:-1]
+        assert all(c.strip() for c in cells), line

@@ -211,11 +211,11 @@ def test_main_table_shows_chosen_claims_of_every_model(tmp_path: Path) -> None:
     assert len(table) == 3
     # one row for the model-named claim, each model's own value and CI (in percent, as "ours" is)
     assert "Accuracy of the model on facts" in table[0]
-    assert "12% [+10.0%, +20.0%], n=5" in table[0] and "12% [+30.0%, +40.0%], n=6" in table[0]
+    assert "| 12% | [+10.0%, +20.0%], n=5 |" in table[0] and "| 12% | [+30.0%, +40.0%], n=6 |" in table[0]
     # the first match wins (not the known-facts row); a folder without the claim says so
     assert "| Suppression |" in table[1] and "[-50.0%, -30.0%], n=9" in table[1] and "-90.0%" not in table[1]
-    assert table[1].count(report.NOT_RUN) == 2
-    assert "Renamed claim…" in table[2] and table[2].count(report.NOT_RUN) == 5
+    assert table[1].count(report.NOT_RUN) == 3
+    assert "Renamed claim…" in table[2] and table[2].count(report.NOT_RUN) == 7
     for line in table:
         assert all(c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]), line
 
