@@ -150,7 +150,9 @@ def bootstrap_groups(df: pd.DataFrame, statistic, group: str = "fact_id", n_resa
 
     Prompts of one fact are not independent, so facts are the unit. With ``strata`` (default: the
     relation) facts are resampled within each stratum, keeping every relation's share fixed, which
-    is what a per-relation average needs.
+    is what a per-relation average needs. A stratum of one fact never varies under resampling, so
+    strata of one fact are pooled into one stratum (collapsed strata); otherwise a sample of one
+    fact per relation would get a CI of zero width.
     """
     import numpy as np
 
@@ -160,6 +162,9 @@ def bootstrap_groups(df: pd.DataFrame, statistic, group: str = "fact_id", n_resa
         layers = [np.array(list(rows_of))]
     else:
         layers = [g[group].unique() for _, g in df.groupby(strata, sort=False)]
+        singles = [ids for ids in layers if len(ids) == 1]
+        if len(singles) > 1:
+            layers = [ids for ids in layers if len(ids) > 1] + [np.concatenate(singles)]
     values = []
     for _ in range(n_resamples):
         picked = np.concatenate([rows_of[f] for ids in layers for f in rng.choice(ids, size=len(ids))])

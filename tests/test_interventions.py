@@ -243,3 +243,18 @@ def test_relation_average_and_group_bootstrap():
     assert iv.mean_relation_change(df, "p_after") == pytest.approx((-0.5 + 1.0) / 2)
     lo, hi = kn.metrics.bootstrap_groups(df, lambda d: iv.mean_relation_change(d, "p_after"), n_resamples=200)
     assert lo == pytest.approx(0.25) and hi == pytest.approx(0.25)  # every fact of a relation changes alike
+
+
+def test_group_bootstrap_pools_single_fact_relations():
+    # one fact per relation: resampling within relations would never vary (a zero-width CI); the
+    # single-fact strata are pooled, which here is the unstratified bootstrap over facts
+    df = pd.DataFrame({"relation": ["R1", "R2", "R3", "R4", "R5"], "fact_id": list("abcde"),
+                       "x": [0.1, 0.5, 0.2, 0.9, 0.4]})
+    lo, hi = kn.metrics.bootstrap_groups(df, lambda d: d.x.mean(), n_resamples=500)
+    assert lo < df.x.mean() < hi and hi - lo > 0.2
+    assert (lo, hi) == kn.metrics.bootstrap_groups(df, lambda d: d.x.mean(), n_resamples=500, strata=None)
+    # relations with several facts keep their own strata; the singletons R3, R4 are pooled
+    df2 = pd.DataFrame({"relation": ["R1", "R1", "R2", "R2", "R3", "R4"], "fact_id": list("abcdef"),
+                        "x": [1.0, 1.0, 2.0, 2.0, 0.0, 4.0]})
+    lo, hi = kn.metrics.bootstrap_groups(df2, lambda d: d.x.mean(), n_resamples=500)
+    assert lo == pytest.approx((2 + 4 + 0) / 6) and hi == pytest.approx((2 + 4 + 8) / 6)
