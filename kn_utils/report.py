@@ -99,7 +99,7 @@ def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
-        text = f"{value:.4g}"
+        text = f"{value:.4g}" if math.isfinite(value) else EMPTY  # NaN: nothing to average over
     elif isinstance(value, (list, tuple)):
         text = "[" + ", ".join(_fmt(v) for v in value) + "]"
     else:

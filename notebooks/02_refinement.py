@@ -162,8 +162,10 @@ def overlap_row(method):
         "claim": f"{method} neurons: facts of the same relation share more neurons than facts of different relations",
         "source": "Dai et al. §3.3, Table 1" if method == "IG" else "Dai et al. Table 1 (baseline column)",
         "paper": "intra-relation > inter-relation",
-        "ours": f"within {w.mean_shared:.3f} vs across {a.mean_shared:.3f} shared neurons per fact pair; "
-                f"paired mean difference {t['mean_diff']:.3f} (95% CI shown); Wilcoxon p = {t['wilcoxon_p']:.2g}",
+        "ours": (f"within {w.mean_shared:.3f} vs across {a.mean_shared:.3f} shared neurons per fact pair; "
+                 f"paired mean difference {t['mean_diff']:.3f} (95% CI shown); Wilcoxon p = {t['wilcoxon_p']:.2g}"
+                 if t["n"] else "no relation has two sampled facts with such neurons, so there is no within-relation "
+                                "pair (sample more facts per relation in 01)"),
         "ci": [lo, hi],
         "n": int(t["n"]),
         "verdict": verdict,
@@ -190,7 +192,7 @@ summary = {
             "claim": "IG picks different neurons from raw activation (Jaccard of the two sets per fact)",
             "source": "Dai et al. §3.3 (baseline comparison)",
             "paper": "IG neurons differ from and beat the activation baseline",
-            "ours": f"{jacc.mean():.3f}" if len(jacc) else "—",
+            "ours": f"{jacc.mean():.3f}" if len(jacc) else "no fact has both kinds of neurons",
             "ci": list(jacc_ci),
             "n": int(len(jacc)),
             "verdict": "context",
