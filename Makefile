@@ -8,8 +8,8 @@
 #   make bench                               # fast vs plain integrated gradients
 #   make lab                                 # Jupyter Lab on the jupytext notebooks
 #
-# Each notebook's target is its <results_dir>/<stem>/summary.json, so make reruns a
-# notebook only when it, the params file or kn_utils changed.
+# make reruns a notebook only when it, the params file or kn_utils changed since this
+# checkout last ran it (stamps in .cache/runs/); a fresh clone runs them all.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -41,8 +41,12 @@ endif
 REPORT_NB := 99_report
 NOTEBOOKS := $(filter-out notebooks/$(REPORT_NB).py,$(sort $(wildcard notebooks/[0-9][0-9]_*.py)))
 STEMS := $(basename $(notdir $(NOTEBOOKS)))
-SUMMARIES := $(STEMS:%=$(RESULTS)/%/summary.json)
-REPORT_SUMMARY := $(RESULTS)/$(REPORT_NB)/summary.json
+# A notebook's target is a stamp this checkout writes after running it, not its committed
+# summary.json: a fresh clone has the committed results with checkout-time dates, and must
+# still regenerate them all.
+RUNS := .cache/runs/$(RESULTS)
+SUMMARIES := $(STEMS:%=$(RUNS)/%.done)
+REPORT_SUMMARY := $(RUNS)/$(REPORT_NB).done
 
 .PHONY: help setup setup-gemma data reproduce smoke notebooks nb test attribute bench lab clean clean-cache
 
@@ -104,17 +108,18 @@ notebooks: $(SUMMARIES) $(REPORT_SUMMARY)
 	@echo "report: $(RESULTS)/REPORT.md"
 
 # One rule for every notebook.
-$(RESULTS)/%/summary.json: notebooks/%.py $(PARAMS) $(wildcard kn_utils/*.py) | $(VENV_STAMP) $(DATA_STAMP)
+$(RUNS)/%.done: notebooks/%.py $(PARAMS) $(wildcard kn_utils/*.py) | $(VENV_STAMP) $(DATA_STAMP)
 	$(PY) -m kn_utils.runner notebooks/$*.py --params $(PARAMS)
+	mkdir -p $(@D) && touch $@
 
 # Notebooks that read another notebook's outputs.
-$(RESULTS)/02_refinement/summary.json: $(RESULTS)/01_attribution/summary.json
-$(RESULTS)/03_suppress_amplify/summary.json: $(RESULTS)/01_attribution/summary.json
-$(RESULTS)/06_random_neurons/summary.json: $(RESULTS)/01_attribution/summary.json
-$(RESULTS)/07_dose_response/summary.json: $(RESULTS)/01_attribution/summary.json
-$(RESULTS)/08_ablation_style/summary.json: $(RESULTS)/01_attribution/summary.json $(RESULTS)/04_relation_erasure/summary.json
-$(RESULTS)/09_attribution_methods/summary.json: $(RESULTS)/01_attribution/summary.json
-$(RESULTS)/11_key_value/summary.json: $(RESULTS)/01_attribution/summary.json
+$(RUNS)/02_refinement.done: $(RUNS)/01_attribution.done
+$(RUNS)/03_suppress_amplify.done: $(RUNS)/01_attribution.done
+$(RUNS)/06_random_neurons.done: $(RUNS)/01_attribution.done
+$(RUNS)/07_dose_response.done: $(RUNS)/01_attribution.done
+$(RUNS)/08_ablation_style.done: $(RUNS)/01_attribution.done $(RUNS)/04_relation_erasure.done
+$(RUNS)/09_attribution_methods.done: $(RUNS)/01_attribution.done
+$(RUNS)/11_key_value.done: $(RUNS)/01_attribution.done
 
 # The report collects every other notebook's summary, so it runs after them all.
 $(REPORT_SUMMARY): $(SUMMARIES)
