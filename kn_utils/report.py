@@ -30,7 +30,7 @@ from kn_utils import io
 REPORT_NOTEBOOK = "99_report"
 ROW_KEYS = ("claim", "source", "paper", "ours", "ci", "n", "verdict")
 EMPTY = "n/a"  # shown instead of a blank cell: the value does not exist (a count has no CI)
-NOT_RUN = "not run"  # a claim one results folder has and another lacks
+NOT_RUN = "not in this run"  # a claim one results folder has and another lacks
 # The first number in a row's "ours" text; a trailing % means the row's CI is a fraction.
 _FIRST_NUMBER = re.compile(r"[-+−]?\d+(?:[.,]\d+)*(%?)")
 
@@ -207,8 +207,11 @@ def _model_of(found: list[dict[str, Any]]) -> str:
 
 
 def _claim_key(stem: str, claim: Any, model: str) -> tuple[str, str]:
-    # claims may name their model ("Facts usable by smollm2-135m"): compare them without it
-    return stem, str(claim).replace(model, "<model>")
+    # claims may name their model ("Facts usable by smollm2-135m") or a count that differs between
+    # models ("top-20 knowledge neurons", "0.02% of FFN neurons (9)"): compare them without those
+    text = str(claim).replace(model, "<model>")
+    text = re.sub(r"\btop-\d+ knowledge neurons", "top-N knowledge neurons", text)
+    return stem, re.sub(r"\(\d[\d,]*\)", "(N)", text)
 
 
 def build_comparison(results_dirs: Mapping[str, str | os.PathLike]) -> str:

@@ -231,3 +231,15 @@ def test_report_puts_main_results_and_comparison_before_the_claims(tmp_path: Pat
     assert "C: ours" not in text  # a folder never run is left out
     alone = report.write_report(tmp_path / "b", {}, picks).read_text()
     assert "## Main results" in alone and "## Models side by side" not in alone
+
+
+def test_comparison_matches_claims_that_differ_only_in_counts(tmp_path: Path) -> None:
+    for label, n_top, n_dose in [("a", 20, 9), ("b", 12, 7)]:
+        rows = [_row(f"Erasing P19's top-{n_top} knowledge neurons (zero) hurts P19"),
+                _row(f"Zeroing 0.02% of FFN neurons ({n_dose}): own fact"),
+                _row("Suppress, facts the model knows (top-1)"), _row("Suppress, facts the model knows (top-10)")]
+        io.atomic_write_json(tmp_path / label / "04_x" / "summary.json", _summary("04_x", rows))
+    text = report.build_comparison({"A": tmp_path / "a", "B": tmp_path / "b"})
+    table = [l for l in text.splitlines() if l.startswith("| 04_x")]
+    assert len(table) == 4 and not any(report.NOT_RUN in l for l in table)  # top-1 and top-10 stay apart
+    assert "P19's top-N knowledge neurons" in table[0] and "neurons (N): own" in table[1]
