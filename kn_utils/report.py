@@ -217,7 +217,7 @@ def _claim_key(stem: str, claim: Any, model: str) -> tuple[str, str]:
 def build_comparison(results_dirs: Mapping[str, str | os.PathLike]) -> str:
     """One table with every claim once and each results folder's answer beside it, e.g. the default
     model and a second one: ``{"SmolLM2-135M": "results", "Gemma-3-270m": "results/gemma"}``.
-    A claim a folder lacks shows as "not run", never as a blank cell.
+    A claim a folder lacks shows as "not in this run", never as a blank cell.
 
     Usage: ``print(build_comparison({"a": "results", "b": "results/gemma"}))``
     """
@@ -253,39 +253,39 @@ def build_comparison(results_dirs: Mapping[str, str | os.PathLike]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pick(found: list[dict[str, Any]], stem: str, prefix: str) -> dict | None:
-    """The first row of notebook ``stem`` whose claim (model name as ``<model>``) starts with ``prefix``."""
-    model = _model_of(found)
+def _pick(found: list[dict[str, Any]], model: str, stem: str, prefix: str) -> tuple[dict, str] | None:
+    """The first row of notebook ``stem`` whose claim key (see ``_claim_key``) starts with ``prefix``,
+    with that key."""
     for f in found:
         if f["stem"] == stem:
             for row in f["summary"].get("rows", []):
-                if _claim_key(stem, row.get("claim"), model)[1].startswith(prefix):
-                    return row
+                key = _claim_key(stem, row.get("claim"), model)[1]
+                if key.startswith(prefix):
+                    return row, key
     return None
 
 
 def build_main_table(results_dirs: Mapping[str, str | os.PathLike], picks: Iterable[Iterable[str]]) -> str:
     """The report's first table: a few chosen claims, each folder's answer, 95% CI, number of facts
     and verdict side by side. ``picks`` are ``[notebook, claim prefix, label]`` (label "" keeps the
-    claim's own words); the first matching row of that notebook is shown, "not run" where a folder
-    lacks it (a pick no folder has stays visible as a row of "not run", e.g. a renamed claim).
+    claim's own words, its model named "the model"); the first matching row of that notebook is
+    shown, "not in this run" where a folder lacks it (a pick no folder has stays visible as such a
+    row, e.g. after a claim was renamed).
 
     Usage: ``print(build_main_table({"SmolLM2": "results"}, [["03_suppress_amplify", "Suppressing", ""]]))``
     """
     cols = {label: collect_summaries(Path(root)) for label, root in results_dirs.items()}
+    models = {label: _model_of(found) for label, found in cols.items()}
     header = ["Notebook", "Claim", "Paper"]
     for label in cols:
         header += [f"{label}: ours", f"{label}: 95% CI, n facts", f"{label}: verdict"]
     rows = []
     for stem, prefix, label in (tuple(p) for p in picks):
-        found = {name: _pick(f, stem, prefix) for name, f in cols.items()}
-        first = next((r for r in found.values() if r), {"claim": prefix + "…", "paper": NOT_RUN})
-        claim = str(first.get("claim"))
-        for name, r in found.items():  # a claim that names its model reads "the model" here
-            if r is not None:
-                claim = _claim_key(stem, claim, _model_of(cols[name]))[1].replace("<model>", "the model")
-        row = [stem, label or claim, first.get("paper")]
-        for r in found.values():
+        hits = {name: _pick(found, models[name], stem, prefix) for name, found in cols.items()}
+        first, key = next((h for h in hits.values() if h), ({"paper": NOT_RUN}, prefix + "…"))
+        row = [stem, label or key.replace("<model>", "the model"), first.get("paper")]
+        for hit in hits.values():
+            r = hit[0] if hit else None
             row += [r.get("ours"), f"{ci_text(r)}, n={_fmt(r.get('n'))}", r.get("verdict")] if r else [NOT_RUN] * 3
         rows.append(row)
     return "\n".join(["## Main results", ""] + _table(header, rows)) + "\n"
