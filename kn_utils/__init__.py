@@ -1,4 +1,4 @@
-"""kn_utils: the library behind the knowledge-neurons reproduction notebooks.
+"""kn_utils: the library behind the knowledge-neurons reproduction notebooks (mechanisms; protocols in ``kn_utils.experiments``).
 
     import kn_utils as kn
     lm = kn.load_model("smollm2-135m")
@@ -15,11 +15,13 @@ _EXPORTS = {
     "models": ["ADAPTERS", "Adapter", "AnswerTokenError", "Batch", "LanguageModel", "ModelNotAvailableError",
                "PromptError", "UnknownModelError", "load_model"],
     "hooks": ["patch_ffn", "record_ffn"],
-    "metrics": ["answer_probs", "predict", "prediction_distribution", "bootstrap_ci"],
+    "evaluation": ["answer_probs", "evaluate", "predict", "prediction_distribution"],
+    "stats": ["bootstrap_ci"],
     "data": ["Pararel", "UnknownRelationError", "fetch_pararel", "load_pararel"],
 }
-_MODULES = ["attribution", "bench", "controls", "data", "hooks", "interventions", "io", "metrics", "models", "neurons",
-            "plotting", "report", "runner"]
+# mechanisms; the notebooks' protocols are in kn_utils.experiments
+_MODULES = ["ablation", "attribution", "attribution_cache", "bench", "data", "distributed", "edits", "evaluation", "experiments", "hooks",
+            "io", "lens", "models", "neurons", "plotting", "report", "runner", "stats"]
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE) + _MODULES
 

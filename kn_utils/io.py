@@ -167,6 +167,18 @@ def cached_parquet(path: str | os.PathLike, compute: Callable[[], Any]) -> Any:
     return df
 
 
+def fact_cache_file(folder: str | os.PathLike, fact_id: str, **inputs: Any) -> Path:
+    """``folder/<fact_id>-<hash of inputs>.parquet``: a fact's cached results are found again only while
+    everything that went into them (neuron sets, answer ids, ...) is unchanged.
+
+        io.cached_parquet(fact_cache_file(d, f, sets=sets, gold=gold_id, new=new_id), compute)
+    """
+    import hashlib
+
+    text = json.dumps(to_jsonable(inputs), sort_keys=True)
+    return Path(folder) / f"{fact_id}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.parquet"
+
+
 # --------------------------------------------------------------------------- params
 
 def _available_params(near: Path) -> str:
@@ -179,26 +191,93 @@ def _known_notebooks(notebooks_dir: Path) -> set[str]:
     return {p.stem for p in notebooks_dir.glob("*.py")} | {p.stem for p in notebooks_dir.glob("*.ipynb")}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last silently:
+    a pasted section would quietly override the parameters above it)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in one mapping (first at line {seen[key] + 1}): "
+                "remove one of them", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _read_params_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """One params file as a dict, with ``extends: base.yaml`` (relative to this file) merged in: the
+    base's results_dir, common and sections, each overridden key by key by this file's."""
+    if not path.is_file():
+        raise FileNotFoundError(f"params file {path} not found; available: {_available_params(path)}")
+    if path.resolve() in chain:
+        raise ValueError(f"{path}: `extends` loops back to itself ({' -> '.join(p.name for p in chain)})")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must be a YAML mapping (results_dir:, common:, one section per notebook), "
+                         f"got {type(data).__name__}")
+    base_name = data.pop("extends", None)
+    if base_name is None:
+        return data
+    if not isinstance(base_name, str):
+        raise ValueError(f"{path}: `extends` must be a file name such as smoke.yaml, got {base_name!r}")
+    base = _read_params_yaml(path.parent / base_name, chain + (path.resolve(),))
+    merged = dict(base)
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = {**base[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def params_files(path: str | os.PathLike) -> list[Path]:
+    """``path`` and every params file it extends, nearest first (a run depends on all of them).
+
+    Usage: ``params_files("params/smoke-bert.yaml")  # [.../smoke-bert.yaml, .../smoke.yaml]``
+    """
+    files, p = [], Path(path).resolve()
+    while True:
+        if p in files:
+            raise ValueError(f"{p}: `extends` loops back to itself ({' -> '.join(f.name for f in files)})")
+        if not p.is_file():
+            raise FileNotFoundError(f"params file {display_path(p)} not found; available: {_available_params(p)}")
+        files.append(p)
+        try:
+            data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{p} is not valid YAML: {e}") from e
+        base = data.get("extends") if isinstance(data, dict) else None
+        if base is None:
+            return files
+        if not isinstance(base, str):
+            raise ValueError(f"{p}: `extends` must be a file name such as smoke.yaml, got {base!r}")
+        p = (p.parent / base).resolve()
+
+
 def load_params(path: str | os.PathLike, notebooks_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Read and check a params YAML file; errors say what to change.
 
     Expected shape: top-level ``results_dir`` (str), ``common`` (mapping with at least
-    model, device, seed) and one optional mapping per notebook stem. Section names are
+    model, device, seed) and one optional mapping per notebook stem; optionally ``extends:
+    other.yaml`` to start from another file and override only what differs. A key given twice
+    in one mapping is an error. Section names are
     checked against the notebooks in ``notebooks_dir`` (default: the repo's notebooks/)
     so a typo cannot silently fall back to a notebook's defaults.
 
     Usage: ``params = load_params("params/default.yaml")``
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"params file {path} not found; available: {_available_params(path)}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must be a YAML mapping (results_dir:, common:, one section per notebook), "
-                         f"got {type(data).__name__}")
+    data = _read_params_yaml(path)
 
     results_dir = data.get("results_dir")
     if not isinstance(results_dir, str) or not results_dir:

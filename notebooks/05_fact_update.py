@@ -1,14 +1,17 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     notebook_metadata_filter: kn_study,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
+#   kn_study:
+#     reads: {}
 # ---
 
 # %% [markdown]
@@ -56,106 +59,52 @@ min_prompts = 3
 batch_size = 32
 
 # %%
-import numpy as np
-import pandas as pd
-
 import kn_utils as kn
-from kn_utils import interventions, io, plotting
-from kn_utils.attribution import facts_knowledge_neurons
-from kn_utils.neurons import as_sets
+from kn_utils import io, plotting
+from kn_utils.experiments import fact_update as exp
 
 s = kn.runner.setup_notebook(results_dir, model, device, model_cache_dir, data_dir)
 out, lm, view = s.out, s.lm, s.view
-rng = np.random.default_rng(seed)
 
 # %% [markdown]
 # ## Knowledge neurons of the facts to edit, minus the relation-wide ones
 
 # %%
-edits, neurons_by_fact = [], {}
-for rel in update_relations:
-    facts = view.sample_facts(facts_per_relation, seed=seed, relations=[rel])
-    ids = facts.fact_id.tolist()
-    kns, _ = facts_knowledge_neurons(lm, view, ids, io.resolve(attribution_cache), steps=ig_steps,
-                                     method=ig_method, keep_ratio=keep_ratio, threshold=threshold, share=share,
-                                     min_prompts=min_prompts)
-    by_fact = {f: sorted(s) for f, s in as_sets(kns, ids).items()}
-    objects = view.facts[view.facts.relation == rel].object.unique()
-    for f, old in zip(facts.fact_id, facts.object):
-        neurons_by_fact[f] = interventions.drop_shared_neurons_among_others(f, by_fact, shared_ratio)
-        choices = [o for o in objects if o != old]
-        edits.append({"fact_id": f, "relation": rel, "old": old, "new": choices[rng.integers(len(choices))],
-                      "kn_before_filter": len(by_fact[f])})
-edits = pd.DataFrame(edits)
-edits["neurons"] = edits.fact_id.map(lambda f: len(neurons_by_fact[f]))
+edits, neurons_by_fact = exp.plan_edits(lm, view, update_relations, facts_per_relation, io.resolve(attribution_cache),
+                                        shared_ratio=shared_ratio, seed=seed, steps=ig_steps, method=ig_method,
+                                        keep_ratio=keep_ratio, threshold=threshold, share=share,
+                                        min_prompts=min_prompts)
 edits
 
 # %% [markdown]
 # ## Edit, measure, restore
 
 # %%
-results = interventions.update_effects(lm, view, edits, neurons_by_fact, lambda1=lambda1, lambda2=lambda2,
-                                       n_intra=n_intra, n_inter=n_inter, seed=seed, batch_size=batch_size)
+results = exp.update_effects(lm, view, edits, neurons_by_fact, lambda1=lambda1, lambda2=lambda2,
+                             n_intra=n_intra, n_inter=n_inter, seed=seed, batch_size=batch_size)
 io.atomic_write_parquet(out / "updates.parquet", results)
 results.to_csv(out / "updates.csv", index=False)
 edited = results[results.neurons > 0]
 print(f"{len(edited)} of {len(results)} facts have neurons left to edit")
 
+# %% [markdown]
+# Means over the edited facts with bootstrap CIs over facts: the success rate (after, and before the
+# edit as the baseline), the old answer's relative probability change, and the log change of the
+# answer perplexity on facts of the same relation (intra) and of other relations (inter).
+
 # %%
-def mean_ci(values):
-    values = np.asarray(values, dtype=float)
-    return float(values.mean()) if len(values) else float("nan"), kn.bootstrap_ci(values, seed=seed) if len(values) > 1 else (float("nan"),) * 2
-
-
-success, success_ci = mean_ci(edited.new_top1_after)
-success_before, _ = mean_ci(edited.new_top1_before)
-old_change, old_ci = mean_ci((edited.p_old_after - edited.p_old_before) / edited.p_old_before)
-intra, intra_ci = mean_ci(np.log(edited.ppl_intra_after / edited.ppl_intra_before))
-inter, inter_ci = mean_ci(np.log(edited.ppl_inter_after / edited.ppl_inter_before))
-known = edited[edited.old_top1_before > 0.5]
-success_known, success_known_ci = mean_ci(known.new_top1_after)
+o = exp.outcomes(edited, seed=seed)
 plotting.save(plotting.update_scatter(edited), out / "updates.png")
-print(f"success {success:.3f} {success_ci}, before edit {success_before:.3f}; old p change {old_change:+.2%}; "
-      f"log ppl change intra {intra:+.3f}, inter {inter:+.3f}")
+print(f"success {o['success'][0]:.3f} {o['success'][1]}, before edit {o['success_before'][0]:.3f}; "
+      f"old p change {o['old_change'][0]:+.2%}; log ppl change intra {o['intra'][0]:+.3f}, inter {o['inter'][0]:+.3f}")
+
+# %% [markdown]
+# ## Verdicts
+#
+# Success is reproduced when its CI clears 25% of prompts, partly when it clears only the rate before
+# the edit; a side effect is small when the perplexity CI stays below ×`small_ppl_ratio`.
 
 # %%
-summary = {
-    "notebook": "05_fact_update",
-    "title": "Updating a fact by editing value vectors",
-    "claim": "Dai et al. §5: replacing E[old] by E[new] in a fact's knowledge-neuron value vectors updates the fact",
-    "headline": {
-        "facts_sampled": int(len(results)),
-        "facts_edited": int(len(edited)),
-        "neurons_per_edit": float(edited.neurons.mean()) if len(edited) else 0.0,
-        "success_rate": success,
-        "success_rate_before_edit": success_before,
-        "success_rate_known_facts": success_known,
-        "known_facts": int(len(known)),
-        "old_answer_prob_change": old_change,
-        "log_ppl_change_intra": intra,
-        "log_ppl_change_inter": inter,
-    },
-    "rows": [
-        {"claim": "Value replacement makes the new answer top-1 (share of the fact's prompts, mean over facts)",
-         "source": "Dai et al. §5, Table 3", "paper": "48.5% success (BERT-base)",
-         "ours": f"{success:.1%} (before the edit: {success_before:.1%}; "
-                 + (f"facts the model knew: {success_known:.1%}, n={len(known)})" if len(known)
-                    else "no edited fact was the model's top-1 answer before the edit)"),
-         "ci": list(success_ci), "n": int(len(edited)),
-         "verdict": "reproduced" if success_ci[0] > 0.25 else "partly" if success_ci[0] > success_before else "not reproduced"},
-        {"claim": "…and lowers the old answer's probability (relative change)", "source": "Dai et al. §5, Table 3",
-         "paper": "old answer demoted", "ours": f"{old_change:+.1%}", "ci": list(old_ci), "n": int(len(edited)),
-         "verdict": "reproduced" if old_ci[1] < 0 else "not reproduced"},
-        {"claim": "…with small side effects: log answer-perplexity change, same relation (intra)",
-         "source": "Dai et al. §5, Table 3", "paper": "intra perplexity rises slightly",
-         "ours": f"{intra:+.3f} (perplexity ×{np.exp(intra):.3g})", "ci": list(intra_ci), "n": int(len(edited)),
-         "verdict": "reproduced" if intra_ci[1] < np.log(small_ppl_ratio) else "not reproduced"},
-        {"claim": "…and on other relations (inter)", "source": "Dai et al. §5, Table 3",
-         "paper": "inter perplexity rises slightly", "ours": f"{inter:+.3f} (perplexity ×{np.exp(inter):.3g})",
-         "ci": list(inter_ci), "n": int(len(edited)),
-         "verdict": "reproduced" if inter_ci[1] < np.log(small_ppl_ratio) else "not reproduced"},
-    ],
-    "figures": ["updates.png"],
-}
+summary = exp.summary(results, edited, o, small_ppl_ratio)
 io.atomic_write_json(out / "summary.json", summary)
 summary["headline"]

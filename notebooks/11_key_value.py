@@ -1,14 +1,18 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     notebook_metadata_filter: kn_study,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
+#   kn_study:
+#     reads:
+#       01_attribution: attribution_results
 # ---
 
 # %% [markdown]
@@ -52,7 +56,7 @@
 # the varied other templates; the random control, not the nominal share, is the baseline.)
 #
 # **(b) Values.** The logit lens: each value vector through the model's final norm and output head
-# (`kn.neurons.value_logit_lens`, the model's own unembedding), and the rank of the fact's answer among
+# (`kn.lens.value_logit_lens`, the model's own unembedding), and the rank of the fact's answer among
 # the whole vocabulary. A neuron *promotes* its answer when the answer is in its top 100 (chance 0.2%
 # of SmolLM2's 49,152 tokens); we also report "answer logit above the vocabulary median" (chance 50%).
 # SwiGLU activations can be negative, in which case the FFN adds −value: the `signed` variant (primary)
@@ -88,21 +92,16 @@ n_bootstrap = 1000
 batch_size = 32
 
 # %%
-import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 import kn_utils as kn
-from kn_utils import interventions as iv
 from kn_utils import io, plotting
-from kn_utils.neurons import key_value_fact, lens_table
+from kn_utils.experiments import key_value as exp
 
 s = kn.runner.setup_notebook(results_dir, model, device, model_cache_dir, data_dir)
 out, lm, view = s.out, s.lm, s.view
 src = io.resolve(attribution_results) if attribution_results else out.parent / "01_attribution"
-neurons = pd.read_parquet(src / "knowledge_neurons.parquet")
-neurons = neurons[neurons.method == "IG"]
-kns_by_fact = {f: list(zip(g.layer, g.neuron)) for f, g in neurons.groupby("fact_id", sort=False)}
+neurons, kns_by_fact = exp.kn_facts(src)
 print(f"{len(kns_by_fact)} facts of {neurons.relation.nunique()} relations with knowledge neurons, "
       f"{len(neurons)} neurons; "
       f"final norm: {type(lm.final_norm).__name__ if lm.final_norm is not None else 'none (the head has its own)'}")
@@ -111,33 +110,17 @@ print(f"{len(kns_by_fact)} facts of {neurons.relation.nunique()} relations with 
 # ## Keys and values of every fact's knowledge neurons and their controls (cached per fact)
 
 # %%
-cache = io.item_cache(cache_dir, "11_key_value", {
-    "model": lm.name, "seed": seed, "n_random": n_random, "other_templates_per_relation": other_templates_per_relation,
-    "promote_k": promote_k, "version": 2})
-parts = []
-for f, kns in tqdm(kns_by_fact.items(), desc="facts"):
-    path = iv.fact_cache_file(cache, f, kns=kns)
-    rows = io.cached_parquet(path, lambda: key_value_fact(lm, view, f, kns, seed, n_random=n_random,
-                                                          other_per_relation=other_templates_per_relation,
-                                                          promote_k=promote_k, batch_size=batch_size))
-    parts.append(rows.assign(fact_id=f, relation=neurons.relation[neurons.fact_id == f].iloc[0]))
-METRICS = ["top_is_own_abs", "auc_abs", "top_is_own", "auc", "chance", "promotes_signed", "above_median_signed",
-           "promotes", "above_median"]
-rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-    columns=["fact_id", "relation", "condition", "draw", "layer", "neuron", "act_own", "rank", "rank_signed",
-             *METRICS])
+rows = exp.run_facts(lm, view, neurons, kns_by_fact, cache_dir, seed=seed, n_random=n_random,
+                     other_per_relation=other_templates_per_relation, promote_k=promote_k, batch_size=batch_size)
 io.atomic_write_parquet(out / "neurons.parquet", rows)
 kn_rows = rows[rows.condition == "kn"]
 print(f"{len(kn_rows)} knowledge neurons; {float((kn_rows.act_own < 0).mean()) if len(kn_rows) else 0:.0%} have a "
       "negative mean activation on their own prompts")
 
 # %%
-per_fact = iv.per_fact_outcomes(rows, METRICS, keys=("condition",)) if len(rows) else pd.DataFrame(
-    columns=["fact_id", "relation", "condition", *METRICS])
-table = iv.condition_summary(per_fact, METRICS, ["condition"], n_resamples=n_bootstrap, seed=seed) if len(per_fact) \
-    else pd.DataFrame(columns=["condition", "metric", "mean", "ci_low", "ci_high", "facts", "relations"])
-tests = iv.paired_condition_tests(per_fact, [m for m in METRICS if m != "chance"], by=()) if len(per_fact) \
-    else pd.DataFrame(columns=["metric", "condition", "n", "mean_diff", "statistic", "p"])
+per_fact = exp.per_fact_table(rows)
+table = exp.condition_table(per_fact, n_resamples=n_bootstrap, seed=seed)
+tests = exp.paired_tests(per_fact)
 for name, df in [("conditions", table), ("paired_tests", tests)]:
     io.atomic_write_parquet(out / f"{name}.parquet", df)
     df.to_csv(out / f"{name}.csv", index=False)
@@ -159,94 +142,12 @@ tests.round(4)
 # the knowledge neurons whose signed value ranks their answer best (`best`).
 
 # %%
-facts_by_id = view.facts.set_index("fact_id")
-picked = [("sample", f, *kns_by_fact[f][0]) for f in list(kns_by_fact)[:: max(1, len(kns_by_fact) // n_examples)]]
-picked = picked[:n_examples] + [("best", r.fact_id, r.layer, r.neuron)
-                                for r in kn_rows.nsmallest(n_examples // 2, "rank_signed").itertuples()]
-examples = []
-for which, f, l, j in picked:
-    mine = kn_rows[(kn_rows.fact_id == f) & (kn_rows.layer == l) & (kn_rows.neuron == j)]
-    sign = float(np.sign(mine.act_own.iloc[0]) or 1)
-    t = lens_table(lm, [(l, j)], [lm.answer_id(facts_by_id.object[f])], signs=[sign], top_k=top_tokens).iloc[0]
-    examples.append({"examples": which, "fact_id": f, "subject": facts_by_id.subject[f],
-                     "answer": facts_by_id.object[f], "neuron": f"L{l}.{j}", "sign": int(sign),
-                     "answer_rank_signed": int(t["rank"]), "answer_rank_stored": int(mine["rank"].iloc[0]),
-                     "top_tokens_signed": " | ".join(t.top_tokens)})
-examples = pd.DataFrame(examples)
+examples = exp.lens_examples(lm, view, kns_by_fact, kn_rows, n_examples=n_examples, top_tokens=top_tokens)
 examples.to_csv(out / "examples.csv", index=False)
 pd.set_option("display.max_colwidth", 120)
 examples
 
 # %%
-def cell(condition, metric):
-    r = table[(table.condition == condition) & (table.metric == metric)]
-    return r.iloc[0] if len(r) else None
-
-
-def test(condition, metric):
-    r = tests[(tests.condition == condition) & (tests.metric == metric)]
-    return r.iloc[0] if len(r) else None
-
-
-def vs(metric, conditions=("random", "top_activation")):
-    parts = []
-    for c in conditions:
-        x, t = cell(c, metric), test(c, metric)
-        p = "" if t is None or pd.isna(t.p) else f", paired p={t.p:.2g}"
-        parts.append(f"{c.replace('_', '-')} {x['mean']:.1%}{p}" if x is not None else f"{c}: n/a")
-    return "; ".join(parts)
-
-
-def row(metric, claim, source, paper, control="random"):
-    k = cell("kn", metric)
-    if k is None:
-        return {"claim": claim, "source": source, "paper": paper, "ours": "no knowledge neurons", "ci": None,
-                "n": 0, "verdict": "not tested"}
-    t = test(control, metric)
-    above = t is not None and t.p < 0.05 and t.mean_diff > 0
-    extra = f" (chance {cell('kn', 'chance')['mean']:.1%})" if metric.startswith("top_is_own") else ""
-    return {"claim": claim, "source": source, "paper": paper,
-            "ours": f"KNs {k['mean']:.1%}{extra} vs {vs(metric)}", "ci": [float(k.ci_low), float(k.ci_high)],
-            "n": int(k.facts), "verdict": "reproduced" if above else "not reproduced"}
-
-
-SRC_KEY = "Dai et al. §4 (top-activating prompts); critique (shared/seed)"
-SRC_VAL = "Geva et al. 2021 via Dai et al. §5; critique (shared/seed)"
-rows_out = [
-    row("top_is_own_abs", "A knowledge neuron's most activating prompt (|activation|) is a template of its own "
-        "relation, more often than for random neurons of its layers", SRC_KEY,
-        "top prompts express the relation (examples)"),
-    row("top_is_own_abs", "…and more often than for neurons selected on the same prompts (top |activation|): "
-        "not just a selection effect", SRC_KEY, "n/a (the critique's control)", control="top_activation"),
-    row("auc_abs", "Own-relation prompts out-activate other relations' prompts (AUC, |activation|), KNs vs "
-        "random neurons", SRC_KEY, "n/a"),
-    row("top_is_own", "The same by signed activation (the paper's rule for GELU neurons)", SRC_KEY,
-        "top prompts express the relation (examples)"),
-    row("promotes_signed", f"A knowledge neuron's value (signed by its activation: what the FFN adds), read "
-        f"through the output head, ranks its answer in the top {promote_k} tokens, more often than random "
-        "neurons of its layers", SRC_VAL, "values are readable through the embedding (Geva et al.)"),
-    row("above_median_signed", "…puts its answer's logit above the vocabulary median", SRC_VAL, "n/a"),
-    row("promotes", f"The value as stored (unsigned, Geva et al.'s reading): answer in the top {promote_k}",
-        SRC_VAL, "values are readable through the embedding (Geva et al.)"),
-]
-summary = {
-    "notebook": "11_key_value",
-    "title": "Knowledge neurons as key-value memories",
-    "claim": "Knowledge neurons respond to their relation's prompts (keys) and write their answer into the "
-             "output vocabulary (values, logit lens) — beyond what neurons chosen for activating on the same "
-             "prompts, or random neurons of the same layers, do",
-    "headline": {
-        "facts": int(kn_rows.fact_id.nunique()), "relations": int(kn_rows.relation.nunique()),
-        "knowledge_neurons": int(len(kn_rows)), "random_draws_per_fact": n_random,
-        "kns_negative_activation": float((kn_rows.act_own < 0).mean()) if len(kn_rows) else None,
-        "median_answer_rank_kn_signed": float(kn_rows["rank_signed"].median()) if len(kn_rows) else None,
-        "median_answer_rank_random_signed": float(rows[rows.condition == "random"]["rank_signed"].median())
-        if len(rows) else None,
-        **{f"{c}|{m}": float(cell(c, m)["mean"]) for c in ("kn", "random", "top_activation") for m in METRICS
-           if cell(c, m) is not None},
-    },
-    "rows": rows_out,
-    "figures": ["key_value.png"] if len(rows) else [],
-}
+summary = exp.summary(exp.Tables(table, tests), rows, n_random=n_random, promote_k=promote_k)
 io.atomic_write_json(out / "summary.json", summary)
 summary["headline"]

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import kn_utils as kn
-from kn_utils import attribution
-from kn_utils.attribution import (attribute_facts, ig_alphas, integrated_gradients,
-                                  integrated_gradients_reference, parse_shard, stack_from)
+from kn_utils import attribution, attribution_cache
+from kn_utils.attribution import ig_alphas, integrated_gradients, integrated_gradients_reference, stack_from
+from kn_utils.attribution_cache import attribute_facts, parse_shard
 from kn_utils.models import AnswerTokenError
 
 from helpers import prompts_for, rel_diff
@@ -189,7 +189,7 @@ def counting(monkeypatch, fail_after=None):
         calls.append(tuple(prompts))
         return real(lm, prompts, answers, **kw)
 
-    monkeypatch.setattr(attribution, "integrated_gradients", wrapped)
+    monkeypatch.setattr(attribution_cache, "integrated_gradients", wrapped)
     return calls
 
 
@@ -198,7 +198,7 @@ def test_resume_recomputes_nothing_finished(tiny_facts, tmp_path, monkeypatch):
     calls = counting(monkeypatch, fail_after=2)
     with pytest.raises(Interrupted):
         attribute_facts(lm, pararel, ids, tmp_path, steps=3, progress=False)
-    out = attribution.attribution_dir(tmp_path, lm.name, 3, "left", 0.1)
+    out = attribution_cache.attribution_dir(tmp_path, lm.name, 3, "left", 0.1)
     assert sorted(p.stem for p in out.glob("*.parquet")) == ["P1_0", "P1_1"]
     assert not list(out.glob(".*tmp"))  # no half-written file left behind
 

@@ -1,10 +1,17 @@
 """The committed results are what the committed code produces: every committed <results_dir>/<notebook>/
-was run from a clean checkout whose notebook and library equal this checkout's, with the parameters
-that its params file (params/default.yaml -> results/, params/gemma.yaml -> results/gemma/) gives that
-notebook today."""
+was run from a clean checkout whose notebook and library equal this checkout's, or equal those of a
+commit whose behaviour was verified to be this checkout's (below), with the parameters that its params
+file (params/default.yaml -> results/, params/gemma.yaml -> results/gemma/) gives that notebook today.
+
+A restructuring changes the code but not what it computes. tests/fingerprints/ holds every number and
+label the smoke pipeline of both tiny models writes (test_notebooks.py checks this checkout against it)
+and the commits whose code was run and gave the same fingerprint (``verified_at``): a result whose code
+equals such a commit's still stands. A change of behaviour regenerates the fingerprints and empties
+``verified_at``, so every result run before it becomes stale."""
 import shutil
 import subprocess
 
+import behaviour
 import pytest
 
 from kn_utils import io, report
@@ -14,6 +21,14 @@ ROOT = io.repo_root()
 SOURCES = ["kn_utils", ":(exclude)kn_utils/report.py"]
 # params files whose results are committed (smoke results are not: their numbers mean nothing)
 COMMITTED = ["params/default.yaml", "params/gemma.yaml"]
+# the smoke runs whose fingerprints vouch for a commit's behaviour: both architectures must agree
+SMOKE = ["params/smoke.yaml", "params/smoke-bert.yaml"]
+
+
+def verified_commits() -> list[str]:
+    """Commits verified (for every smoke params file) to behave as this checkout does."""
+    lists = [set(behaviour.verified_commits(p)) for p in SMOKE]
+    return sorted(set.intersection(*lists)) if lists else []
 
 
 def _git(*args):
@@ -54,8 +69,12 @@ def test_every_committed_result_comes_from_the_current_code_and_params(params_fi
             continue
         if _git("cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
             pytest.skip(f"commit {commit[:12]} not in this clone (shallow?)")
-        changed = _git("diff", "--name-only", commit, "HEAD", "--", f"notebooks/{f['stem']}.py", *SOURCES).stdout.split()
-        if changed:
+        paths = ["--", f"notebooks/{f['stem']}.py", *SOURCES]
+        changed = _git("diff", "--name-only", commit, "HEAD", *paths).stdout.split()
+        same_as_verified = [v for v in verified_commits()
+                            if _git("cat-file", "-e", f"{v}^{{commit}}").returncode == 0
+                            and not _git("diff", "--name-only", commit, v, *paths).stdout.split()]
+        if changed and not same_as_verified:
             stale.append(f"{f['stem']} (run at {commit[:12]}; since then: {', '.join(changed)})")
     assert not stale, f"rerun `make reproduce PARAMS={params_file}` and commit {root.relative_to(ROOT)}/: " + "; ".join(stale)
 
@@ -68,3 +87,10 @@ def test_every_notebook_has_committed_results(params_file):
     assert not set(stems) - have, (f"no committed results for {sorted(set(stems) - have)}: "
                                    f"run `make reproduce PARAMS={params_file}`")
     assert (root / "REPORT.md").is_file()
+
+
+def test_verified_commits_are_real_commits_of_this_history():
+    for v in verified_commits():
+        assert len(v) == 40, f"tests/fingerprints: verified_at holds full commit ids, got {v!r}"
+        if _git("rev-parse", "HEAD").returncode == 0 and _git("cat-file", "-e", f"{v}^{{commit}}").returncode == 0:
+            assert _git("merge-base", "--is-ancestor", v, "HEAD").returncode == 0, f"{v[:12]} is not an ancestor of HEAD"

@@ -127,13 +127,46 @@ def test_missing_params_file_lists_available(tmp_path: Path) -> None:
     (GOOD.replace("{k: 1}", "[1, 2]"), "must be a mapping"),
     (GOOD.replace("{k: 1}", "{results_dir: elsewhere}"), "remove `results_dir`"),
     ("results_dir: r\ncommon: {model: [unclosed\n", "not valid YAML"),
+    (GOOD + "00_alpha: {k: 2}\n", "appears twice"),
+    (GOOD.replace("{k: 1}", "{k: 1, k: 2}"), "'k' appears twice"),
+    (GOOD + "extends: [a]\n", "`extends` must be a file name"),
 ])
 def test_load_params_errors_name_the_fix(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         io.load_params(_params_file(tmp_path, text), notebooks_dir=tmp_path / "notebooks")
 
 
-@pytest.mark.parametrize("name", ["default", "smoke", "paper"])
+def test_extends_overrides_key_by_key(tmp_path: Path) -> None:
+    base = _params_file(tmp_path, GOOD.replace("{k: 1}", "{k: 1, j: 2}"))
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {base.name}\nresults_dir: results/y\ncommon: {{model: other}}\n00_alpha: {{j: 5}}\n")
+    params = io.load_params(child, notebooks_dir=tmp_path / "notebooks")
+    assert params["results_dir"] == "results/y"
+    assert io.notebook_params(params, "00_alpha") == {"model": "other", "device": "cpu", "seed": 0, "k": 1, "j": 5}
+    assert "extends" not in params
+
+
+def test_extends_errors_name_the_fix(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\n")
+    with pytest.raises(ValueError, match="loops back"):
+        io.load_params(loop)
+    missing = tmp_path / "m.yaml"
+    missing.write_text("extends: nowhere.yaml\n")
+    with pytest.raises(FileNotFoundError, match="nowhere.yaml not found"):
+        io.load_params(missing)
+
+
+def test_smoke_bert_is_smoke_with_the_bert_model() -> None:
+    smoke = io.load_params(io.repo_root() / "params" / "smoke.yaml")
+    bert = io.load_params(io.repo_root() / "params" / "smoke-bert.yaml")
+    assert bert["common"] == {**smoke["common"], "model": "tiny-bert"}
+    assert {k: v for k, v in bert.items() if k not in ("common", "results_dir")} == \
+        {k: v for k, v in smoke.items() if k not in ("common", "results_dir")}
+    assert bert["results_dir"] != smoke["results_dir"]
+
+
+@pytest.mark.parametrize("name", ["default", "smoke", "smoke-bert", "paper", "gemma"])
 def test_shipped_params_files_are_valid(name: str) -> None:
     params = io.load_params(io.repo_root() / "params" / f"{name}.yaml")
     for key in ("model", "device", "seed", "data_dir", "model_cache_dir"):

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 import kn_utils as kn
-from kn_utils import controls
-from kn_utils import neurons as nr
+
+from kn_utils.experiments import key_value
+
 
 NEURONS = [(0, 3), (2, 100), (3, 7)]
 
@@ -33,16 +34,16 @@ def by_hand(lm, v):
 
 def test_logit_lens_is_the_head_applied_to_the_value_vector_by_hand(lm):
     v = torch.stack([lm.value_vectors(l)[j] for l, j in NEURONS]).detach()  # [3, d_model]
-    ours = nr.value_logit_lens(lm, NEURONS)
+    ours = kn.lens.value_logit_lens(lm, NEURONS)
     assert ours.shape == (3, lm.head(v[:1]).shape[-1])
     with torch.no_grad():
         assert torch.allclose(ours, by_hand(lm, v), atol=1e-4, rtol=1e-4)
         signs = torch.tensor([1.0, -1.0, -1.0])
-        assert torch.allclose(nr.value_logit_lens(lm, NEURONS, signs=signs), by_hand(lm, v * signs[:, None]),
+        assert torch.allclose(kn.lens.value_logit_lens(lm, NEURONS, signs=signs), by_hand(lm, v * signs[:, None]),
                               atol=1e-4, rtol=1e-4)
         # without the final norm: the head alone (raw unembedding for causal models)
-        assert torch.allclose(nr.value_logit_lens(lm, NEURONS, norm=False), lm.head(v), atol=1e-5)
-    assert nr.value_logit_lens(lm, []).shape[0] == 0
+        assert torch.allclose(kn.lens.value_logit_lens(lm, NEURONS, norm=False), lm.head(v), atol=1e-5)
+    assert kn.lens.value_logit_lens(lm, []).shape[0] == 0
 
 
 def test_logit_lens_equals_the_models_logits_when_the_last_hidden_state_is_the_value(lm):
@@ -64,19 +65,19 @@ def test_logit_lens_equals_the_models_logits_when_the_last_hidden_state_is_the_v
             logits = lm.prediction_logits(lm.encode([prompt]))[0]  # [vocab]
     finally:
         handle.remove()
-    assert torch.allclose(nr.value_logit_lens(lm, [(l, j)])[0], logits.float(), atol=1e-4, rtol=1e-4)
+    assert torch.allclose(kn.lens.value_logit_lens(lm, [(l, j)])[0], logits.float(), atol=1e-4, rtol=1e-4)
 
 
 def test_token_ranks_and_lens_table(llama):
     lm = llama
     logits = torch.tensor([[0.1, 0.9, 0.5, 0.5], [3.0, 1.0, 2.0, 0.0]])
-    assert nr.token_ranks(logits, [2, 0]).tolist() == [2, 1]  # ties favour the token
-    assert nr.token_ranks(logits, [3, 3]).tolist() == [2, 4]
+    assert kn.lens.token_ranks(logits, [2, 0]).tolist() == [2, 1]  # ties favour the token
+    assert kn.lens.token_ranks(logits, [3, 3]).tolist() == [2, 4]
     with pytest.raises(ValueError, match="one id per row"):
-        nr.token_ranks(logits, [1])
-    lens = nr.value_logit_lens(lm, NEURONS)  # [3, vocab]
+        kn.lens.token_ranks(logits, [1])
+    lens = kn.lens.value_logit_lens(lm, NEURONS)  # [3, vocab]
     ids = [int(lens[0].argmax()), int(lens[1].argsort()[len(lens[1]) // 2]), 5]
-    t = nr.lens_table(lm, NEURONS, ids, promote_k=50, top_k=3)
+    t = kn.lens.lens_table(lm, NEURONS, ids, promote_k=50, top_k=3)
     manual = [int((lens[i] > lens[i, ids[i]]).sum()) + 1 for i in range(3)]
     assert t["rank"].tolist() == manual and t["rank"][0] == 1
     assert t.promotes.tolist() == [r <= 50 for r in manual]
@@ -89,45 +90,45 @@ def test_token_ranks_and_lens_table(llama):
 
 def test_subject_prompts_own_templates_are_the_facts_paraphrases(view):
     fact = view.facts[view.facts.relation == "P36"].iloc[0]
-    pool = nr.subject_prompts(view, fact.subject, "P36", 1, np.random.default_rng(0))
+    pool = key_value.subject_prompts(view, fact.subject, "P36", 1, np.random.default_rng(0))
     assert sorted(pool[pool.own].prompt) == sorted(view.bag(fact.fact_id))
     others = pool[~pool.own]
     assert (others.groupby("relation").size() == 1).all()
     assert set(others.relation) == set(view.templates.relation) - {"P36"}
     assert all(fact.subject in p and p.count("[MASK]") == 1 for p in pool.prompt)
-    two = nr.subject_prompts(view, fact.subject, "P36", 2, np.random.default_rng(0))
+    two = key_value.subject_prompts(view, fact.subject, "P36", 2, np.random.default_rng(0))
     assert (two[~two.own].groupby("relation").size() <= 2).all() and len(two) > len(pool)
     without = view.__class__(view.relations, view.templates[view.templates.relation != "P36"], view.facts,
                              view.prompts, view.dropped)
     with pytest.raises(ValueError, match="no template"):
-        nr.subject_prompts(without, "X", "P36", 1, np.random.default_rng(0))
+        key_value.subject_prompts(without, "X", "P36", 1, np.random.default_rng(0))
 
 
 def test_own_prompt_ranking_by_hand():
     # 2 own prompts, 3 others; neuron 0 prefers own prompts, neuron 1 others, neuron 2 ties everywhere
     acts = torch.tensor([[5.0, 0.0, 1.0], [3.0, 1.0, 1.0], [1.0, 4.0, 1.0], [2.0, 2.0, 1.0], [4.0, 3.0, 1.0]])
     own = np.array([True, True, False, False, False])
-    r = nr.own_prompt_ranking(acts, own)
+    r = key_value.own_prompt_ranking(acts, own)
     assert r.top_is_own.tolist() == [True, False, True]  # ties: argmax takes the first prompt
     # neuron 0: own 5 beats all 3, own 3 beats 1 and 2 but not 4 -> 5/6; neuron 1: own 0 and 1 beat nothing -> 0
     assert r.auc.tolist() == pytest.approx([5 / 6, 0.0, 0.5])
     assert r.chance.tolist() == pytest.approx([0.4] * 3)
     with pytest.raises(ValueError, match="some prompts but not all"):
-        nr.own_prompt_ranking(acts, np.ones(5, bool))
+        key_value.own_prompt_ranking(acts, np.ones(5, bool))
     with pytest.raises(ValueError, match="one own flag per prompt"):
-        nr.own_prompt_ranking(acts, own[:4])
+        key_value.own_prompt_ranking(acts, own[:4])
 
 
 def test_key_value_fact_against_direct_computations(llama, view):
     lm = llama
     fact = view.facts[view.facts.relation == "P36"].iloc[0]
     kns = [(3, 10), (3, 11), (1, 5)]
-    rows = nr.key_value_fact(lm, view, fact.fact_id, kns, seed=0, n_random=4)
+    rows = key_value.key_value_fact(lm, view, fact.fact_id, kns, seed=0, n_random=4)
     assert set(rows.condition) == {"kn", "random", "top_activation"}
     assert len(rows) == 3 * (1 + 4 + 1)
     for (cond, draw), g in rows.groupby(["condition", "draw"]):
         got = list(zip(g.layer, g.neuron))
-        assert controls.layer_histogram(got) == {1: 1, 3: 2}
+        assert kn.neurons.layer_histogram(got) == {1: 1, 3: 2}
         if cond != "kn":
             assert not set(got) & set(kns)
     k = rows[rows.condition == "kn"]
@@ -143,7 +144,7 @@ def test_key_value_fact_against_direct_computations(llama, view):
     top = rows[rows.condition == "top_activation"]
     assert set(zip(top.layer, top.neuron)) == {(3, int(j)) for j in m3.topk(2).indices} | {(1, int(m1.argmax()))}
     # the key rankings on the same seeded prompt pool, from activations recorded by hand
-    pool = nr.subject_prompts(view, fact.subject, "P36", 1, controls.fact_rng(0, f"{fact.fact_id}:pool"))
+    pool = key_value.subject_prompts(view, fact.subject, "P36", 1, kn.neurons.fact_rng(0, f"{fact.fact_id}:pool"))
     with kn.record_ffn(lm, layers=[1, 3]) as pa:
         kn.answer_probs(lm, pool.prompt.tolist(), [fact.object] * len(pool))
     a = torch.stack([pa[3][:, 10], pa[3][:, 11], pa[1][:, 5]], 1)  # [n_prompts, 3]
@@ -153,12 +154,12 @@ def test_key_value_fact_against_direct_computations(llama, view):
         auc = ((mine[:, None] > other[None]).float() + 0.5 * (mine[:, None] == other[None]).float()).mean((0, 1))
         assert k[col].tolist() == pytest.approx(auc.tolist(), abs=1e-6)
     assert k.top_is_own_abs.tolist() == own[a.abs().argmax(0)].tolist()
-    lens = nr.lens_table(lm, kns, [lm.answer_id(fact.object)] * 3)
+    lens = kn.lens.lens_table(lm, kns, [lm.answer_id(fact.object)] * 3)
     assert k["rank"].tolist() == lens["rank"].tolist()
-    signed = nr.lens_table(lm, kns, [lm.answer_id(fact.object)] * 3, signs=np.sign(k.act_own.to_numpy()))
+    signed = kn.lens.lens_table(lm, kns, [lm.answer_id(fact.object)] * 3, signs=np.sign(k.act_own.to_numpy()))
     assert k.rank_signed.tolist() == signed["rank"].tolist()
     assert (k.prompts == len(bag) + view.templates[view.templates.relation != "P36"].relation.nunique()).all()
     assert (k.own_prompts == len(bag)).all()
-    again = nr.key_value_fact(lm, view, fact.fact_id, kns, seed=0, n_random=4)
+    again = key_value.key_value_fact(lm, view, fact.fact_id, kns, seed=0, n_random=4)
     pd.testing.assert_frame_equal(rows, again)  # seeded
-    assert nr.key_value_fact(lm, view, fact.fact_id, [], seed=0).empty
+    assert key_value.key_value_fact(lm, view, fact.fact_id, [], seed=0).empty

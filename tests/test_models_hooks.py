@@ -170,6 +170,42 @@ def test_predict_rank_and_topk_match_softmax(lm):
         assert math.isclose(row.top_probs[0], float(probs[i].max()), rel_tol=1e-5)
 
 
+@pytest.mark.parametrize("bad", ["", " ", None])
+def test_an_empty_answer_is_an_error_not_a_space_token(lm, bad):
+    # a causal model used to score " " (a real token) as the answer of an empty string
+    with pytest.raises(AnswerTokenError, match="non-empty"):
+        kn.predict(lm, ["The capital of France is [MASK]."], [bad])
+    with pytest.raises(AnswerTokenError, match="non-empty"):
+        kn.answer_probs(lm, ["The capital of France is [MASK]."], [bad])
+
+
+def test_one_evaluator_behind_every_entry_point(lm):
+    """evaluate, answer_probs and predict are one computation: the numbers of each equal a by-hand
+    log-softmax at the prediction position, and each other's exactly."""
+    prompts = prompts_for(lm)
+    answers = ["Paris", "France"]
+    df = kn.evaluate(lm, prompts, answers, top_k=3)
+    with torch.no_grad():
+        logp = lm.prediction_logits(lm.encode(prompts)).float().log_softmax(-1)  # [n, vocab]
+    ids = lm.answer_ids(answers)
+    gold = logp[torch.arange(len(prompts)), ids]  # [n]
+    assert df.p_answer.tolist() == pytest.approx(gold.exp().tolist(), rel=1e-6)
+    assert df.nll.tolist() == pytest.approx((-gold).tolist(), rel=1e-6)
+    assert df["rank"].tolist() == [int((logp[i] > gold[i]).sum()) + 1 for i in range(len(prompts))]
+    assert df.pred_id.tolist() == logp.argmax(1).tolist()
+    assert df.top1.tolist() == [r == 1 for r in df["rank"]]
+    assert torch.equal(kn.answer_probs(lm, prompts, answers), torch.tensor(df.p_answer.to_numpy(), dtype=torch.float32))
+    pred = kn.predict(lm, prompts, answers, top_k=3)
+    assert pred.p_answer.tolist() == df.p_answer.tolist() and pred.top_tokens.tolist() == df.top_tokens.tolist()
+    assert pred.answer_id.tolist() == ids.tolist()
+    with pytest.raises(ValueError, match="2 prompts but 1 answers"):
+        kn.evaluate(lm, prompts, answers[:1])
+    with pytest.raises(TypeError, match="list of strings"):
+        kn.evaluate(lm, prompts[0], answers[:1])
+    empty = kn.evaluate(lm, [], [])
+    assert len(empty) == 0 and "top1" in empty.columns
+
+
 # ----------------------------------------------------------------- hooks
 
 

@@ -3,8 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kn_utils.neurons import (fact_neurons, knowledge_neurons, most_frequent, pairwise_overlap, prompt_neurons,
-                              refine_relation, relation_neurons, sparse_scores)
+from kn_utils.neurons import fact_neurons, knowledge_neurons, most_frequent, pairwise_overlap, prompt_neurons, refine_relation, relation_neurons, sparse_scores
 
 
 def planted(n_prompts, plants, n_layers=3, d_ff=10, noise=0.01):

@@ -1,20 +1,40 @@
-"""Every notebook runs end to end on the smoke parameters, and the report builds from their summaries."""
+"""Every notebook runs end to end on the smoke parameters of both tiny architectures (tiny-llama, and
+tiny-bert: the paper's masked-LM setting), writes the numbers the committed fingerprint holds, and the
+report builds from their summaries."""
 import re
-from pathlib import Path
 
+import behaviour
 import pytest
 
 from kn_utils import io, report, runner
 
 NOTEBOOKS = sorted(p for p in (io.repo_root() / "notebooks").glob("[0-9][0-9]_*.py"))
+SMOKE = ["params/smoke.yaml", "params/smoke-bert.yaml"]
+
+
+@pytest.fixture(scope="module", params=SMOKE)
+def smoke_params(request):
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def smoke_results(tmp_path_factory):
+def smoke_results(tmp_path_factory, smoke_params):
     out = tmp_path_factory.mktemp("smoke")
     for nb in NOTEBOOKS:  # 99_report sorts last
-        runner.run_notebook(nb, io.repo_root() / "params" / "smoke.yaml", results_dir=out)
+        runner.run_notebook(nb, io.repo_root() / smoke_params, results_dir=out)
     return out
+
+
+def test_smoke_numbers_match_the_committed_fingerprint(smoke_results, smoke_params):
+    """Same numbers (1e-6 relative) and labels as tests/fingerprints/: a change of behaviour must be
+    deliberate (regenerate with `python tests/behaviour.py write PARAMS DIR` and say why)."""
+    diffs = behaviour.differences(behaviour.load(smoke_params)["notebooks"], behaviour.fingerprint(smoke_results))
+    assert not diffs, (f"{len(diffs)} values differ from tests/fingerprints/ (first 20): " + "; ".join(diffs[:20]))
+
+
+def test_smoke_models_are_the_two_architectures(smoke_results, smoke_params):
+    meta = report.read_json(smoke_results / "00_data_and_model" / "meta.json")
+    assert meta["params"]["model"] == {"params/smoke.yaml": "tiny-llama", "params/smoke-bert.yaml": "tiny-bert"}[smoke_params]
 
 
 def test_notebooks_are_jupytext_with_parameters_and_claim():
@@ -41,7 +61,7 @@ def test_every_notebook_writes_its_outputs(smoke_results):
         assert report.read_json(d / "meta.json")["status"] == "ok"
 
 
-def test_data_notebook_numbers(smoke_results):
+def test_data_notebook_numbers(smoke_results):  # the same facts for either model (all are single-token for both)
     s = report.read_json(smoke_results / "00_data_and_model" / "summary.json")
     h = s["headline"]
     assert (h["pararel_relations"], h["pararel_facts"], h["pararel_prompts"]) == (34, 27_738, 253_448)
