@@ -202,14 +202,18 @@ class _CleanRun:
             cache.layers.append(layer)
         return cache
 
-    def _logits(self, b: int, cache) -> torch.Tensor:
+    def _hidden(self, b: int, cache) -> torch.Tensor:
+        """The body's output at the prediction position, ``[rows, d_model]``: what the head reads."""
         lm = self.lm
         if lm.is_causal:
-            out = lm.model(input_ids=self.last.expand(b, 1), position_ids=self.position.expand(b, 1),
-                           cache=cache, use_cache=cache is not None, logits_to_keep=1)
-            return out.logits[:, -1]  # [rows, vocab]
+            out = lm.body(input_ids=self.last.expand(b, 1), position_ids=self.position.expand(b, 1),
+                          cache=cache, use_cache=cache is not None)
+            return out[0][:, -1]  # [rows, d_model]
         hidden = lm.body(input_ids=self.ids.expand(b, -1), attention_mask=self.mask.expand(b, -1))[0]
-        return lm.head(hidden[:, self.pred])  # [rows, vocab]
+        return hidden[:, self.pred]  # [rows, d_model]
+
+    def _logits(self, b: int, cache) -> torch.Tensor:
+        return self.lm.head(self._hidden(b, cache))  # [rows, vocab]
 
     def scaled_probs(self, factors: dict[int, torch.Tensor], answer_id: int) -> torch.Tensor:
         """p(answer) per row when each listed layer's activation at the prediction position is multiplied
@@ -245,10 +249,15 @@ class _CleanRun:
         """p(answer) when one layer's activation at the prediction position is replaced, per row.
 
         ``patches`` is ``[(layer, values [rows_i, d_ff]), ...]`` (distinct layers); a row is patched at
-        its own layer only. Returns ``[sum rows_i]`` in patch order. No row runs the blocks below its
-        layer: where the architecture allows (``Adapter.grows``), one carrier row runs the clean
-        states upward and each layer's rows join the batch at that layer; otherwise the block list
-        is cut at the lowest patched layer.
+        its own layer only. Returns ``[sum rows_i]`` in patch order.
+        """
+        return answer_prob(self.lm, self.patched_hidden(patches), answer_id)  # [rows]
+
+    def patched_hidden(self, patches: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+        """``patched_probs`` up to the head: the final hidden state at the prediction position per row,
+        ``[sum rows_i, d_model]``. No row runs the blocks below its layer: where the architecture
+        allows (``Adapter.grows``), one carrier row runs the clean states upward and each layer's rows
+        join the batch at that layer; otherwise the block list is cut at the lowest patched layer.
         """
         lm = self.lm
         patches = sorted(patches, key=lambda lv: lv[0])
@@ -271,14 +280,36 @@ class _CleanRun:
                 for j in range(lm.n_layers):
                     rows += joining.get(j, 0)
                     sizes.append(rows)
-                logits = self._logits(1, self._cache(sizes))[1:]  # drop the carrier row
-            else:
-                b = sum(v.shape[0] for _, v in patches)
-                cache = self._cache([b] * lm.n_layers)  # before the cut: inside it n_layers shrinks
-                self._patch_hooks(patches, stack, grow=False)
-                stack.enter_context(stack_from(lm, layers[0], self.blocks[layers[0]].expand(b, -1, -1)))
-                logits = self._logits(b, cache)
-        return logits.float().softmax(-1)[:, answer_id]  # [rows]
+                return self._hidden(1, self._cache(sizes))[1:]  # drop the carrier row
+            b = sum(v.shape[0] for _, v in patches)
+            cache = self._cache([b] * lm.n_layers)  # before the cut: inside it n_layers shrinks
+            self._patch_hooks(patches, stack, grow=False)
+            stack.enter_context(stack_from(lm, layers[0], self.blocks[layers[0]].expand(b, -1, -1)))
+            return self._hidden(b, cache)
+
+
+def answer_prob(lm: LanguageModel, hidden: torch.Tensor, answer_id: int) -> torch.Tensor:
+    """p(answer) from final hidden states ``[rows, d_model]`` through the model's head, ``[rows]``."""
+    return lm.head(hidden).float().softmax(-1)[:, answer_id]
+
+
+HEAD_ROWS = 128  # rows per head pass in the backward: bounds the [rows, vocab] buffers
+
+
+def answer_prob_grad(lm: LanguageModel, hidden: torch.Tensor, answer_id: int,
+                     rows: int = HEAD_ROWS) -> torch.Tensor:
+    """d p(answer) / d hidden, ``[rows, d_model]``, through the head in blocks of ``rows`` rows.
+
+    The head's logits, softmax and their gradients are ``[rows, vocab]`` each (vocabularies of 50k to
+    260k tokens): computed a block at a time they never all sit in memory, and each row's numbers
+    are what one pass over all rows gives (a row's logits depend on that row alone).
+    """
+    out = []
+    for s in range(0, hidden.shape[0], rows):
+        h = hidden[s:s + rows].detach().requires_grad_(True)  # [block, d_model]
+        (g,) = torch.autograd.grad(answer_prob(lm, h, answer_id).sum(), h)
+        out.append(g)
+    return torch.cat(out) if out else torch.zeros_like(hidden)
 
 
 def _check(lm: LanguageModel, prompts, answers, layers):
@@ -324,8 +355,10 @@ def integrated_gradients(lm: LanguageModel, prompts: list[str], answers: list[st
             for chunk in chunks:
                 patches = [(l, (alphas[:, None] * run.acts[l][None, :]).requires_grad_(True))  # [steps, d_ff]
                            for l in chunk]
-                p = run.patched_probs(patches, answer_id)  # [steps * len(chunk)]
-                grads = torch.autograd.grad(p.sum(), [v for _, v in patches])  # each [steps, d_ff]
+                # the head's backward a block of rows at a time, then the body's for all rows at once
+                hidden = run.patched_hidden(patches)  # [steps * len(chunk), d_model]
+                grad_hidden = answer_prob_grad(lm, hidden, answer_id)  # [steps * len(chunk), d_model]
+                grads = torch.autograd.grad(hidden, [v for _, v in patches], grad_outputs=grad_hidden)  # each [steps, d_ff]
                 for l, g in zip(chunk, grads):
                     scores[i, l] = (run.acts[l] * (weights[:, None] * g).sum(0)).cpu()  # [d_ff]
     return (scores, clean_acts, clean_p) if return_clean else scores

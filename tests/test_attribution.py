@@ -280,3 +280,18 @@ def test_one_pass_scores_match_per_layer_autograd(name):
     assert all(not p.requires_grad or p.grad is None for p in lm.model.parameters())
     with pytest.raises(ValueError, match="method must be one of"):
         attribution.neuron_scores(lm, prompts, answers, "saliency")
+
+
+def test_head_gradient_in_blocks_equals_one_pass(lm):
+    """answer_prob_grad splits the head's backward into row blocks (bounded [rows, vocab] buffers);
+    every row's gradient is what one autograd pass over all rows gives (to float rounding: BLAS may
+    pick another kernel for a block of one row)."""
+    torch.manual_seed(0)
+    hidden = torch.randn(7, lm.d_model)
+    aid = lm.answer_id("Paris")
+    whole = hidden.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(attribution.answer_prob(lm, whole, aid).sum(), whole)
+    for rows in (1, 3, 7, 100):
+        got = attribution.answer_prob_grad(lm, hidden, aid, rows=rows)
+        assert rel_diff(got, want) < 1e-5, rows
+    assert attribution.answer_prob_grad(lm, hidden[:0], aid).shape == (0, lm.d_model)
