@@ -1,7 +1,7 @@
 # Reproducibility study of Dai et al., "Knowledge Neurons in Pretrained Transformers".
 #
 #   make test                                # setup + data + pytest (what CI runs)
-#   make reproduce                           # every notebook with params/default.yaml
+#   make reproduce [DEVICE=cuda]             # every notebook with params/default.yaml (DEVICE overrides its device)
 #   make reproduce PARAMS=params/smoke.yaml  # same pipeline, tiny model, minutes
 #   make reproduce PARAMS=params/gemma.yaml  # second real model -> results/gemma/
 #   make nb NB=06_random_neurons             # one notebook (after the notebooks it reads, if out of date)
@@ -45,7 +45,7 @@ STEMS := $(basename $(notdir $(NOTEBOOKS)))
 # A notebook's target is a stamp this checkout writes after running it, not its committed
 # summary.json: a fresh clone has the committed results with checkout-time dates, and must
 # still regenerate them all.
-RUNS := .cache/runs/$(RESULTS)
+RUNS := .cache/runs/$(RESULTS)$(if $(DEVICE),@$(DEVICE))
 SUMMARIES := $(STEMS:%=$(RUNS)/%.done)
 KN_UTILS := $(shell find kn_utils -name '*.py')
 
@@ -114,7 +114,7 @@ nb-run: $(RUNS)/$(NB).done
 
 # One rule for every notebook.
 $(RUNS)/%.done: notebooks/%.py $(PARAMS_FILES) $(KN_UTILS) | $(VENV_STAMP) $(DATA_STAMP)
-	$(PY) -m kn_utils.runner notebooks/$*.py --params $(PARAMS)
+	$(PY) -m kn_utils.runner notebooks/$*.py --params $(PARAMS) $(if $(DEVICE),-p device=$(DEVICE))
 	mkdir -p $(@D) && touch $@
 
 # Notebooks that read another notebook's outputs: each notebook's header declares the ones it
