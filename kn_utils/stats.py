@@ -4,6 +4,10 @@ Usage::
 
     lo, hi = bootstrap_ci(per_fact_values)
     lo, hi = bootstrap_groups(prompt_rows, lambda d: d.p_after.mean() / d.p_before.mean() - 1)
+
+Stricter statistics not yet used by the notebooks (two-stage cluster bootstrap, TOST, Holm, and the
+paper/critique verdict vocabulary) live in ``kn_utils.inference``, which imports from this module;
+this module must not import it.
 """
 from __future__ import annotations
 
