@@ -105,10 +105,11 @@ def predict(lm: LanguageModel, prompts: list[str], answers: list[str], batch_siz
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1 for predict (it returns the top-k tokens), got {top_k}")
     answers = list(answers)
-    df = evaluate(lm, prompts, answers, batch_size=batch_size, top_k=top_k, progress=progress)
+    ids = lm.answer_ids(answers)  # [n]: tokenised once, for the evaluator and the table
+    df = evaluate(lm, prompts, ids, batch_size=batch_size, top_k=top_k, progress=progress)
     df.insert(0, "prompt", list(prompts))
     df.insert(1, "answer", answers)
-    df.insert(2, "answer_id", lm.answer_ids(answers).numpy() if answers else np.zeros(0, dtype=np.int64))
+    df.insert(2, "answer_id", ids.numpy().astype(np.int64))
     df["p_answer"] = df["p_answer"].astype("float64")  # the prediction tables have stored float64 since 00 was written
     return df[["prompt", "answer", "answer_id", "p_answer", "rank", "top_tokens", "top_probs"]]
 
