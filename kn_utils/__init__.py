@@ -20,7 +20,7 @@ _EXPORTS = {
     "data": ["Pararel", "UnknownRelationError", "fetch_pararel", "load_pararel"],
 }
 # mechanisms; the notebooks' protocols are in kn_utils.experiments
-_MODULES = ["ablation", "attribution", "attribution_cache", "bench", "data", "distributed", "edits", "evaluation", "experiments", "hooks",
+_MODULES = ["ablation", "attribution", "attribution_cache", "bench", "data", "distributed", "edits", "evaluation", "experiments", "hooks", "ig_path",
             "io", "lens", "models", "neurons", "plotting", "report", "runner", "stats"]
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE) + _MODULES

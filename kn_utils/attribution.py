@@ -23,6 +23,11 @@ Two implementations give the same numbers:
 - ``integrated_gradients_reference`` (plain): per layer, the full model on the full prompt for
   every step (steps batched), as the official code does. Used by tests and ``make bench``.
 
+``freeze_norm=True`` (both, and ``completeness``) is for architectures whose FFN output passes a norm
+before the residual add (Gemma 2/3, ``Adapter.post_ffn_norm``): there the patched layer's output is
+nearly the same for every alpha > 0 and the path is a step at 0, so the patched layer's norm is held
+at its clean-run scale at the prediction position instead (see ``integrated_gradients``).
+
 Usage::
 
     scores = kn.integrated_gradients(lm, ["The capital of France is [MASK]."], ["Paris"])
@@ -39,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .evaluation import answer_probs
-from .hooks import ffn_pre_hooks, patch_ffn, record_ffn
+from .hooks import ffn_pre_hooks, freeze_post_ffn_norm, patch_ffn, record_ffn, record_post_ffn_norm
 from .models import LanguageModel, _get
 
 METHODS = ("left", "right", "midpoint", "trapezoid", "linspace")
@@ -129,6 +134,14 @@ def _record_block_inputs(lm: LanguageModel) -> tuple[list, contextlib.ExitStack]
     return store, stack
 
 
+def _check_freeze(lm: LanguageModel, freeze_norm: bool) -> None:
+    if freeze_norm and lm.adapter.post_ffn_norm is None:
+        raise ValueError(
+            f"freeze_norm=True, but {lm.name} ({lm.config.model_type}) has no post-FFN norm to freeze "
+            "(its Adapter.post_ffn_norm is None), so its IG path has no step at alpha = 0: call it with "
+            "freeze_norm=False, or give its row in kn_utils.models.ADAPTERS the norm's path if it has one")
+
+
 class _CleanRun:
     """One prompt's clean pass: activations and block inputs, plus what a step needs to re-run."""
 
@@ -155,22 +168,26 @@ class _CleanRun:
                     self.cache = out.cache
                 self.last = self.ids[:, -1:]  # [1, 1]
                 self.position = torch.tensor([[n - 1]], device=self.ids.device)  # [1, 1]
-                with ffn_pre_hooks(lm, {l: keep(l) for l in range(lm.n_layers)}):
+                with ffn_pre_hooks(lm, {l: keep(l) for l in range(lm.n_layers)}), \
+                        record_post_ffn_norm(lm, -1) as norm_ms:
                     out = lm.model(input_ids=self.last, position_ids=self.position,
                                    cache=self._cache([1] * lm.n_layers), use_cache=self.cache is not None,
                                    logits_to_keep=1)
                 logits = out.logits[0, -1]  # [vocab]
             else:
-                with ffn_pre_hooks(lm, {l: keep(l) for l in range(lm.n_layers)}):
+                with ffn_pre_hooks(lm, {l: keep(l) for l in range(lm.n_layers)}), \
+                        record_post_ffn_norm(lm, self.pred) as norm_ms:
                     hidden = lm.body(input_ids=self.ids, attention_mask=self.mask)[0]  # [1, pos, d_model]
                 logits = lm.head(hidden[0, self.pred])  # [vocab]
         self.acts = torch.stack([acts[l] for l in range(lm.n_layers)])  # [n_layers, d_ff]
         self.blocks = blocks  # per layer: [1, pos, d_model] (causal: the last position only)
+        self.norm_ms = norm_ms  # per layer: the post-FFN norm's mean square input there, [] (no such norm: empty)
         self.probs = logits.float().softmax(-1)  # [vocab]
 
-    def _patch_hooks(self, patches, stack: contextlib.ExitStack, grow: bool) -> None:
+    def _patch_hooks(self, patches, stack: contextlib.ExitStack, grow: bool, freeze_norm: bool = False) -> None:
         """FFN hooks writing each patch into its own rows (the last rows present at its layer when
-        ``grow``, else consecutive blocks of the batch in patch order)."""
+        ``grow``, else consecutive blocks of the batch in patch order); with ``freeze_norm`` the same
+        rows of the same layer also get the clean post-FFN norm scale."""
         at = -1 if self.lm.is_causal else self.pred  # the prediction position in the tensors that run
         lo = 0
         fns = {}
@@ -184,6 +201,8 @@ class _CleanRun:
                 x[rows, at] = values
                 return x
             fns[layer] = put
+            if freeze_norm:
+                stack.enter_context(freeze_post_ffn_norm(self.lm, layer, self.norm_ms[layer], rows, at))
         stack.enter_context(ffn_pre_hooks(self.lm, fns))
 
     def _cache(self, rows_per_layer: list[int]):
@@ -215,15 +234,17 @@ class _CleanRun:
     def _logits(self, b: int, cache) -> torch.Tensor:
         return self.lm.head(self._hidden(b, cache))  # [rows, vocab]
 
-    def scaled_probs(self, factors: dict[int, torch.Tensor], answer_id: int) -> torch.Tensor:
+    def scaled_probs(self, factors: dict[int, torch.Tensor], answer_id: int, freeze_norm: bool = False) -> torch.Tensor:
         """p(answer) per row when each listed layer's activation at the prediction position is multiplied
         by that row's factors ``{layer: [rows, d_ff]}`` (1 keeps a neuron, 0 zeroes it, 2 doubles it).
 
         Unlike ``patched_probs`` a row may touch several layers, and a higher layer scales the
         activation that the patched lower layers produce, exactly as ``patch_ffn`` on the full model.
         Rows start at the lowest listed layer from the clean states (one token each for causal models).
+        ``freeze_norm``: every listed layer's post-FFN norm keeps its clean scale (see ``integrated_gradients``).
         """
         lm = self.lm
+        _check_freeze(lm, freeze_norm)
         if not factors:
             raise ValueError("factors is empty: nothing to scale")
         layers = sorted(factors)
@@ -241,25 +262,30 @@ class _CleanRun:
             cache = self._cache([b] * lm.n_layers)  # before the cut: inside it n_layers shrinks
             # hooks go on before the block list is cut, while lm.layers still indexes every layer
             stack.enter_context(ffn_pre_hooks(lm, {l: scale(factors[l].to(self.ids.device)) for l in layers}))
+            for l in layers if freeze_norm else ():
+                stack.enter_context(freeze_post_ffn_norm(lm, l, self.norm_ms[l], slice(None), at))
             stack.enter_context(stack_from(lm, layers[0], self.blocks[layers[0]].expand(b, -1, -1)))
             logits = self._logits(b, cache)  # [rows, vocab]
         return logits.float().softmax(-1)[:, answer_id]  # [rows]
 
-    def patched_probs(self, patches: list[tuple[int, torch.Tensor]], answer_id: int) -> torch.Tensor:
+    def patched_probs(self, patches: list[tuple[int, torch.Tensor]], answer_id: int,
+                      freeze_norm: bool = False) -> torch.Tensor:
         """p(answer) when one layer's activation at the prediction position is replaced, per row.
 
         ``patches`` is ``[(layer, values [rows_i, d_ff]), ...]`` (distinct layers); a row is patched at
         its own layer only. Returns ``[sum rows_i]`` in patch order.
         """
-        return answer_prob(self.lm, self.patched_hidden(patches), answer_id)  # [rows]
+        return answer_prob(self.lm, self.patched_hidden(patches, freeze_norm), answer_id)  # [rows]
 
-    def patched_hidden(self, patches: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    def patched_hidden(self, patches: list[tuple[int, torch.Tensor]], freeze_norm: bool = False) -> torch.Tensor:
         """``patched_probs`` up to the head: the final hidden state at the prediction position per row,
         ``[sum rows_i, d_model]``. No row runs the blocks below its layer: where the architecture
         allows (``Adapter.grows``), one carrier row runs the clean states upward and each layer's rows
         join the batch at that layer; otherwise the block list is cut at the lowest patched layer.
+        ``freeze_norm``: each row's own layer's post-FFN norm keeps its clean scale.
         """
         lm = self.lm
+        _check_freeze(lm, freeze_norm)
         patches = sorted(patches, key=lambda lv: lv[0])
         layers = [l for l, _ in patches]
         if len(set(layers)) != len(layers):
@@ -275,7 +301,7 @@ class _CleanRun:
                         h = torch.cat([h, clean.expand(n, -1, -1)])  # [rows + n, pos, d_model]
                         return ((h, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
                     stack.callback(lm.layers[l].register_forward_pre_hook(join, with_kwargs=True).remove)
-                self._patch_hooks(patches, stack, grow=True)
+                self._patch_hooks(patches, stack, grow=True, freeze_norm=freeze_norm)
                 rows, sizes = 1, []
                 for j in range(lm.n_layers):
                     rows += joining.get(j, 0)
@@ -283,7 +309,7 @@ class _CleanRun:
                 return self._hidden(1, self._cache(sizes))[1:]  # drop the carrier row
             b = sum(v.shape[0] for _, v in patches)
             cache = self._cache([b] * lm.n_layers)  # before the cut: inside it n_layers shrinks
-            self._patch_hooks(patches, stack, grow=False)
+            self._patch_hooks(patches, stack, grow=False, freeze_norm=freeze_norm)
             stack.enter_context(stack_from(lm, layers[0], self.blocks[layers[0]].expand(b, -1, -1)))
             return self._hidden(b, cache)
 
@@ -326,7 +352,7 @@ def _check(lm: LanguageModel, prompts, answers, layers):
 
 def integrated_gradients(lm: LanguageModel, prompts: list[str], answers: list[str], steps: int = 20,
                          method: str = "left", layers: list[int] | None = None, progress: bool = False,
-                         return_clean: bool = False, layer_chunk: int | None = None):
+                         return_clean: bool = False, layer_chunk: int | None = None, freeze_norm: bool = False):
     """IG scores ``[n_prompts, n_layers, d_ff]`` (layers not asked for stay 0), fast path.
 
     ``layer_chunk`` layers are attributed in one batch of ``steps x layer_chunk`` rows (default:
@@ -334,7 +360,19 @@ def integrated_gradients(lm: LanguageModel, prompts: list[str], answers: list[st
     batch starts at the lowest layer of the chunk). The numbers do not depend on it.
     With ``return_clean=True`` also returns the clean activations ``[n_prompts, n_layers, d_ff]``
     and the clean answer probabilities ``[n_prompts]``, which come for free.
+
+    ``freeze_norm=True`` (only for architectures with ``Adapter.post_ffn_norm``, Gemma 2/3; elsewhere a
+    ValueError): along the path of layer ``l``, layer ``l``'s post-FFN norm divides by its clean-run
+    scale ``sqrt(mean(x_clean^2) + eps)`` at the prediction position instead of the live one, so that
+    layer's output is linear in alpha; every other layer, position and norm runs as usual. The live norm
+    is scale-free (RMSNorm(alpha x) = RMSNorm(x) up to eps), which makes the path a step at alpha = 0
+    and the Riemann sum meaningless. The endpoints do not move: at alpha = 0 both norms output 0, at
+    alpha = 1 the input is the clean one. So the scores still sum (as m grows) to p(answer) -
+    p(answer | layer l zeroed), the same target as without freezing::
+
+        scores = integrated_gradients(gemma, prompts, answers, steps=20, freeze_norm=True)
     """
+    _check_freeze(lm, freeze_norm)
     layers = sorted(set(_check(lm, prompts, answers, layers)))
     layer_chunk = layer_chunk or (lm.n_layers if lm.adapter.grows else 6)
     if layer_chunk < 1:
@@ -356,7 +394,7 @@ def integrated_gradients(lm: LanguageModel, prompts: list[str], answers: list[st
                 patches = [(l, (alphas[:, None] * run.acts[l][None, :]).requires_grad_(True))  # [steps, d_ff]
                            for l in chunk]
                 # the head's backward a block of rows at a time, then the body's for all rows at once
-                hidden = run.patched_hidden(patches)  # [steps * len(chunk), d_model]
+                hidden = run.patched_hidden(patches, freeze_norm)  # [steps * len(chunk), d_model]
                 grad_hidden = answer_prob_grad(lm, hidden, answer_id)  # [steps * len(chunk), d_model]
                 grads = torch.autograd.grad(hidden, [v for _, v in patches], grad_outputs=grad_hidden)  # each [steps, d_ff]
                 for l, g in zip(chunk, grads):
@@ -365,8 +403,13 @@ def integrated_gradients(lm: LanguageModel, prompts: list[str], answers: list[st
 
 
 def integrated_gradients_reference(lm: LanguageModel, prompts: list[str], answers: list[str], steps: int = 20,
-                                   method: str = "left", layers: list[int] | None = None) -> torch.Tensor:
-    """The plain scheme: per layer, the whole model on the whole prompt for every step."""
+                                   method: str = "left", layers: list[int] | None = None,
+                                   freeze_norm: bool = False) -> torch.Tensor:
+    """The plain scheme: per layer, the whole model on the whole prompt for every step.
+
+    ``freeze_norm`` as in ``integrated_gradients``: the clean scale comes from the clean forward.
+    """
+    _check_freeze(lm, freeze_norm)
     layers = _check(lm, prompts, answers, layers)
     alphas, weights = ig_alphas(steps, method)
     scores = torch.zeros(len(prompts), lm.n_layers, lm.d_ff)
@@ -374,7 +417,8 @@ def integrated_gradients_reference(lm: LanguageModel, prompts: list[str], answer
         for i, (prompt, answer) in enumerate(zip(prompts, answers)):
             answer_id = lm.answer_id(answer)
             one = lm.encode([prompt])
-            with torch.no_grad(), record_ffn(lm) as acts:
+            at = int(one.pred_pos[0])  # every row of the steps batch is this prompt: same position
+            with torch.no_grad(), record_ffn(lm) as acts, record_post_ffn_norm(lm, at) as norm_ms:
                 lm.prediction_logits(one)
             batch = lm.encode([prompt] * len(alphas))
             for l in layers:
@@ -386,7 +430,9 @@ def integrated_gradients_reference(lm: LanguageModel, prompts: list[str], answer
                     x[torch.arange(x.shape[0]), batch.pred_pos] = patched
                     return x
 
-                with ffn_pre_hooks(lm, {l: put}):
+                freeze = (freeze_post_ffn_norm(lm, l, norm_ms[l], slice(None), at) if freeze_norm
+                          else contextlib.nullcontext())
+                with ffn_pre_hooks(lm, {l: put}), freeze:
                     p = lm.prediction_logits(batch).float().softmax(-1)[:, answer_id]  # [steps]
                 (grad,) = torch.autograd.grad(p.sum(), patched)
                 scores[i, l] = (a * (weights[:, None].to(a) * grad).sum(0)).cpu()
@@ -450,17 +496,19 @@ def neuron_scores(lm: LanguageModel, prompts: list[str], answers: list[str], met
 
 
 def completeness(lm: LanguageModel, prompts: list[str], answers: list[str], steps: int = 20,
-                 method: str = "left") -> pd.DataFrame:
+                 method: str = "left", freeze_norm: bool = False) -> pd.DataFrame:
     """How far each layer's IG scores are from summing to the effect of zeroing that layer.
 
     One row per (prompt, layer): ``ig_sum`` = sum of the layer's scores, ``delta_p`` =
     p(answer) - p(answer | the layer's activation at the prediction position zeroed), and the
     relative ``gap`` = |ig_sum - delta_p| / |delta_p|. At a finite ``steps`` the gap is the
     quadrature error of the Riemann sum; it vanishes as ``steps`` grows.
-    """
 
+    ``freeze_norm`` is passed to ``integrated_gradients``; ``delta_p`` is the same either way (freezing
+    the post-FFN norm moves neither end of the path), so the two gaps compare on one target.
+    """
     scores, _, p_clean = integrated_gradients(lm, prompts, answers, steps=steps, method=method,
-                                              return_clean=True)
+                                              return_clean=True, freeze_norm=freeze_norm)
     rows = []
     for l in range(lm.n_layers):
         with patch_ffn(lm, [(l, j) for j in range(lm.d_ff)], mode="zero"):

@@ -2,7 +2,9 @@
 
 A neuron is ``(layer, index)`` into the input of the FFN output projection (see
 ``kn_utils.models.ADAPTERS``). Hooks are forward *pre*-hooks on that projection, so
-one mechanism serves BERT, GPT-2 and Llama-style models.
+one mechanism serves BERT, GPT-2 and Llama-style models. Gemma 2/3 also normalise the FFN output
+(``Adapter.post_ffn_norm``): ``record_post_ffn_norm`` / ``freeze_post_ffn_norm`` read and hold that
+norm's scale, for attribution's ``freeze_norm``.
 
 Usage::
 
@@ -164,3 +166,70 @@ def patch_ffn(lm: LanguageModel, neurons, mode: str = "zero", value=None, positi
 
     with ffn_pre_hooks(lm, {l: make(idx.to(lm.device), order) for l, (idx, order) in groups.items()}):
         yield
+
+
+def _norm_eps(norm: torch.nn.Module) -> float:
+    for name in ("eps", "variance_epsilon"):  # Gemma's RMSNorm, Llama's
+        if hasattr(norm, name):
+            return float(getattr(norm, name))
+    raise TypeError(f"{type(norm).__name__} has neither eps nor variance_epsilon: cannot freeze its scale")
+
+
+@contextlib.contextmanager
+def record_post_ffn_norm(lm: LanguageModel, at: int) -> Iterator[list]:
+    """Yield a list filled by the forward pass inside: per layer, the mean square of the post-FFN norm's
+    input at position ``at`` of row 0, a 0-dim tensor (the clean scale ``freeze_post_ffn_norm`` holds).
+    The list stays empty on architectures without that norm."""
+    norms = [lm.post_ffn_norm(l) for l in range(lm.n_layers)] if lm.adapter.post_ffn_norm else []
+    store: list = [None] * len(norms)
+    handles = []
+
+    def make(l):
+        def hook(module, args, out):  # args[0]: [batch, pos, d_model]
+            x = args[0][0, at].detach()  # [d_model]
+            store[l] = x.to(torch.promote_types(x.dtype, torch.float32)).pow(2).mean()  # []
+        return hook
+
+    try:
+        for l, norm in enumerate(norms):
+            handles.append(norm.register_forward_hook(make(l)))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def freeze_post_ffn_norm(lm: LanguageModel, layer: int, clean_ms: torch.Tensor, rows=slice(None),
+                         at: int = -1) -> Iterator[None]:
+    """Hold ``layer``'s post-FFN norm at its clean scale in rows ``rows`` at position ``at``.
+
+    An RMS norm is ``x * g / sqrt(mean(x^2) + eps)``; its output times ``sqrt(mean(x^2) + eps) /
+    sqrt(clean_ms + eps)`` is ``x * g / sqrt(clean_ms + eps)``, linear in ``x`` (as direct logit
+    attribution treats norms), whatever way the module applies ``g``. Other rows, positions and
+    layers keep the live norm. ``clean_ms`` comes from ``record_post_ffn_norm``::
+
+        with record_post_ffn_norm(lm, at=-1) as ms:
+            lm.prediction_logits(batch)
+        with freeze_post_ffn_norm(lm, 3, ms[3]):
+            p = lm.prediction_logits(scaled_batch)
+    """
+    norm = lm.post_ffn_norm(layer)
+    if norm is None:
+        raise ValueError(f"{lm.name} has no post-FFN norm (Adapter.post_ffn_norm is None)")
+    eps = _norm_eps(norm)
+
+    def hook(module, args, out):  # args[0], out: [batch, pos, d_model]
+        dtype = torch.promote_types(out.dtype, torch.float32)  # half -> float32, float64 stays float64
+        x = args[0][rows, at].to(dtype)  # [n, d_model]
+        live = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()  # [n, 1]
+        held = (out[rows, at].to(dtype) * live * torch.rsqrt(clean_ms.to(dtype) + eps)).to(out.dtype)  # [n, d_model]
+        out = out.clone()  # written after ``held`` is computed from the original: autograd keeps that one
+        out[rows, at] = held
+        return out
+
+    handle = norm.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
