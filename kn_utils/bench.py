@@ -23,7 +23,8 @@ import time
 
 import torch
 
-from . import io
+from . import bench_peers as bp
+from . import ig_memory, io
 from .attribution import integrated_gradients, integrated_gradients_reference
 from .bench_peers import count_flops
 from .models import load_model
@@ -83,13 +84,20 @@ def timed(fn, repeats: int, device="cpu"):
     return out, best
 
 
-def bench_model(name: str, steps: int, n_tokens: int, repeats: int, pararel, device: str = "cpu") -> dict:
+def bench_model(name: str, steps: int, n_tokens: int, repeats: int, pararel, device: str = "cpu",
+                memory: bool = True) -> dict:
     lm = load_model(name, device=device)
     prompt, answer = bench_prompt(lm, pararel, n_tokens)
     fast = lambda: integrated_gradients(lm, [prompt], [answer], steps=steps)  # noqa: E731
     plain = lambda: integrated_gradients_reference(lm, [prompt], [answer], steps=steps)  # noqa: E731
     fast()  # warm-up (allocator, lazy init)
+    # the machine's matmul rate just before and just after the fast runs: the share is taken of the
+    # higher one, so a busy moment during the peak measurement cannot flatter the share
+    peak_before = matmul_report(device)["fp32"]
     s_fast, t_fast = timed(fast, repeats, device)
+    peak_gflops = max(peak_before, matmul_report(device)["fp32"])
+    bounded = lambda: integrated_gradients(lm, [prompt], [answer], steps=steps, layer_chunk="memory")  # noqa: E731
+    s_bounded, t_bounded = timed(bounded, repeats, device)
     s_plain, t_plain = timed(plain, repeats, device)
     f_fast, f_plain = count_flops(fast), count_flops(plain)
     tf32 = {}
@@ -115,7 +123,16 @@ def bench_model(name: str, steps: int, n_tokens: int, repeats: int, pararel, dev
 
     if tf32:
         tf32["diff_fast_tf32_vs_fp64"] = rel(s_tf32, s_true)
+    mem = {}
+    if memory:  # each scheme in a fresh process (freed CPU memory stays with a process)
+        for scheme, key in (("ours", "fast"), ("ours-memory", "bounded"), ("ours-plain", "plain")):
+            m = bp.measure_peak_memory(scheme, name, prompt, answer, steps, "left", device=device)
+            mem[f"{key}_peak_mib"], mem["peak_how"] = m["increase_mib"], m["how"]
+    chunks, head_rows = ig_memory.plan(lm, range(lm.n_layers), steps, n_tokens)
     return {
+        "layer_chunks": [len(c) for c in chunks], "head_rows": head_rows,
+        "peak_gflops": peak_gflops, "fast_share_of_peak": f_fast / t_fast / 1e9 / peak_gflops, **mem,
+        "bounded_s_per_prompt": t_bounded, "diff_bounded_vs_fast": rel(s_bounded, s_fast),
         "model": name, "device": str(lm.device), "prompt": prompt, "answer": answer, "tokens": n_tokens,
         "steps": steps, "n_layers": lm.n_layers, "d_ff": lm.d_ff,
         "fast_s_per_prompt": t_fast, "plain_s_per_prompt": t_plain, "speedup": t_plain / t_fast,
@@ -138,6 +155,16 @@ def print_model(r: dict) -> None:
     if "fast_tf32_s_per_prompt" in r:
         print(f"  fast IG, TF32 matmuls: {r['fast_tf32_s_per_prompt']:8.3f} s/prompt; max |score diff| / max |score| "
               f"against the fp64 plain scheme {r['diff_fast_tf32_vs_fp64']:.2e}")
+    print(f"  fast IG share of this machine's fp32 matmul rate ({r['peak_gflops']:.1f} GFLOP/s, measured just "
+          f"before and after): {100 * r['fast_share_of_peak']:.0f}%")
+    print(f"  fast IG under the plain scheme's memory (layer_chunk='memory': layer chunks {r['layer_chunks']}, "
+          f"head blocks of {r['head_rows']} rows): {r['bounded_s_per_prompt']:.2f} s/prompt "
+          f"({100 * r['fast_gflop'] / r['bounded_s_per_prompt'] / r['peak_gflops']:.0f}% of the peak), "
+          f"max |score diff| / max |score| against the default chunks {r['diff_bounded_vs_fast']:.1e}")
+    if "fast_peak_mib" in r:
+        print(f"  peak memory over the loaded model ({r['peak_how']}, fresh process each): fast "
+              f"{r['fast_peak_mib']:.0f} MiB, fast under the bound {r['bounded_peak_mib']:.0f} MiB, "
+              f"plain {r['plain_peak_mib']:.0f} MiB")
     print(f"  speedup {r['speedup']:.1f}x (FLOP ratio {r['plain_gflop'] / r['fast_gflop']:.1f}x)")
     print(f"  max |score diff| / max |score|: fast vs plain (fp32) {r['diff_fast_vs_plain_fp32']:.2e}; "
           f"against the fp64 plain scheme: fast fp32 {r['diff_fast_fp32_vs_fp64']:.2e}, "
@@ -233,7 +260,6 @@ def bench_peers_model(name: str, steps: int, n_prompts: int, slow_prompts: int |
     counter, and once more for its peak memory (CPU: in a fresh process). ``slow_prompts``: the slowest peer
     (knowledge-neurons where it runs, else Captum) is timed on the first ``slow_prompts`` only.
     """
-    from . import bench_peers as bp
 
     lm = load_model(name, device=device)
     pairs = peer_prompts(lm, pararel, n_prompts, *tokens)
@@ -396,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items()))
     rows = []
     for name, n_tokens in [(m, t) for m in args.models for t in args.tokens]:
-        r = bench_model(name, args.steps, n_tokens, args.repeats, pararel, args.device)
+        r = bench_model(name, args.steps, n_tokens, args.repeats, pararel, args.device,
+                        memory=not args.no_peak_memory)
         rows.append(r)
         print_model(r)
     peers = []

@@ -1,0 +1,51 @@
+"""The fast IG's memory plan: uniform chunks within the plain scheme's estimate, same scores as any other
+chunking, and clear errors for a bad ``layer_chunk``."""
+import pytest
+import torch
+
+import kn_utils as kn
+from kn_utils import ig_memory
+from kn_utils.attribution import integrated_gradients
+
+from helpers import prompts_for, rel_diff
+
+
+@pytest.mark.parametrize("n_tokens", [4, 12, 40])
+def test_plan_is_uniform_and_within_the_plain_estimate(lm, n_tokens):
+    chunks, head_rows = ig_memory.plan(lm, range(lm.n_layers), 20, n_tokens)
+    assert [l for c in chunks for l in c] == list(range(lm.n_layers))
+    assert len({len(c) for c in chunks[:-1]}) <= 1 and len(chunks[-1]) <= len(chunks[0])
+    assert 20 <= head_rows <= 128
+    budget = ig_memory.plain_elements(lm, 20, n_tokens) + ig_memory.head_elements(lm, 20)
+    used = ig_memory.chunk_elements(lm, chunks[0], 20, n_tokens) + ig_memory.head_elements(lm, head_rows)
+    if len(chunks[0]) > 1:  # one layer always runs, even over the bound
+        assert used <= budget
+        # the next larger uniform chunk would not have fitted
+        bigger = chunks[0] + [chunks[0][-1] + 1] if chunks[0][-1] + 1 < lm.n_layers else None
+        if bigger:
+            head = ig_memory.head_elements(lm, max(20, min(128, 20 * len(bigger))))
+            assert ig_memory.chunk_elements(lm, bigger, 20, n_tokens) + head > budget
+
+
+def test_chunk_elements_counts_rows_by_hand():
+    lm = kn.load_model("tiny-llama")  # grows: steps per chunk layer at or below j, plus the carrier
+    per_row = ig_memory.chunk_elements(lm, [lm.n_layers - 1], 1, 5) // 2  # top layer alone: 1 + 1 rows
+    assert ig_memory.chunk_elements(lm, [0, 1], 3, 5) == per_row * ((3 + 1) + (6 + 1) * (lm.n_layers - 1))
+
+
+def test_memory_plan_gives_the_same_scores(lm):
+    prompts, answers = prompts_for(lm)
+    default = integrated_gradients(lm, prompts, answers, steps=6)
+    bounded = integrated_gradients(lm, prompts, answers, steps=6, layer_chunk="memory")
+    one = integrated_gradients(lm, prompts, answers, steps=6, layer_chunk=1)
+    if lm.adapter.grows:  # each row's arithmetic does not depend on which rows share its batch
+        assert torch.equal(default, bounded) and torch.equal(default, one)
+    else:  # GPT-2's cut stack batches rows from the chunk's lowest layer: float32 reordering only
+        assert rel_diff(bounded, default) < 1e-5 and rel_diff(one, default) < 1e-5
+
+
+@pytest.mark.parametrize("bad", [0, -2, "fast", 1.5])
+def test_bad_layer_chunk_is_refused(bad):
+    lm = kn.load_model("tiny-llama")
+    with pytest.raises(ValueError, match="layer_chunk must be"):
+        integrated_gradients(lm, ["The capital of France is [MASK]."], ["Paris"], steps=2, layer_chunk=bad)
