@@ -42,10 +42,21 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
     return i, n
 
 
-def attribution_dir(cache_dir, model_name: str, steps: int, method: str, keep_ratio: float) -> Path:
-    """Where one setting's per-fact files live; the name spells out everything that changes them."""
+def attribution_dir(cache_dir, model_name: str, steps: int, method: str, keep_ratio: float,
+                    freeze_norm: bool = False, prompts_tag: str = "") -> Path:
+    """Where one setting's per-fact files live; the name spells out everything that changes them:
+    ``freeze_norm`` (IG with the post-FFN norm frozen) and ``prompts_tag``, which names the subset of
+    each fact's prompts that was attributed (e.g. a held-out split's selection part, ``"select3-seed0"``;
+    empty: every prompt of the fact)."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name)
-    return Path(cache_dir) / safe / f"ig-{method}-m{steps}-keep{keep_ratio:g}-v{CACHE_VERSION}"
+    extra = ("-frozen-norm" if freeze_norm else "") + (f"-{_safe_tag(prompts_tag)}" if prompts_tag else "")
+    return Path(cache_dir) / safe / f"ig-{method}-m{steps}-keep{keep_ratio:g}{extra}-v{CACHE_VERSION}"
+
+
+def _safe_tag(tag: str) -> str:
+    if not all(c.isalnum() or c in "-_." for c in tag):
+        raise ValueError(f"prompts_tag {tag!r}: use letters, digits, '-', '_' and '.' only (it names a directory)")
+    return tag
 
 
 def _fact_table(fact_id: str, scores: torch.Tensor, acts: torch.Tensor, probs: torch.Tensor,
@@ -64,20 +75,22 @@ def _fact_file(out: Path, fact_id: str) -> Path:
 
 
 def attribute_fact(lm: LanguageModel, fact_id: str, prompts: list[str], answer: str, cache_dir, steps: int = 20,
-                   method: str = "left", keep_ratio: float = 0.1) -> Path:
+                   method: str = "left", keep_ratio: float = 0.1, freeze_norm: bool = False,
+                   prompts_tag: str = "") -> Path:
     """IG for one fact's ``prompts`` (all with gold ``answer``), written atomically as that fact's
     file in the cache; returns the file's path. Computes even when the file exists (callers skip).
 
         attribute_fact(lm, "P36_0", pararel.bag("P36_0"), "Baku", ".cache/attribution", steps=20)
     """
     scores, acts, probs = integrated_gradients(lm, prompts, [answer] * len(prompts), steps=steps,
-                                               method=method, return_clean=True)
-    out = attribution_dir(cache_dir, lm.name, steps, method, keep_ratio)
+                                               method=method, return_clean=True, freeze_norm=freeze_norm)
+    out = attribution_dir(cache_dir, lm.name, steps, method, keep_ratio, freeze_norm, prompts_tag)
     return io.atomic_write_parquet(_fact_file(out, fact_id), _fact_table(fact_id, scores, acts, probs, keep_ratio))
 
 
 def _attribute_in_worker(item: tuple[str, tuple[str, ...], str], *, model: str, device: str, model_cache_dir,
-                         cache_dir, steps: int, method: str, keep_ratio: float, threads: int) -> Path:
+                         cache_dir, steps: int, method: str, keep_ratio: float, threads: int,
+                         freeze_norm: bool = False, prompts_tag: str = "") -> Path:
     """A Ray task's ``attribute_fact``: the model is loaded once per worker process and kept there;
     torch gets ``threads`` threads (the CPUs the task holds; CPU sums depend on the thread count)."""
     if torch.get_num_threads() != threads:
@@ -86,11 +99,12 @@ def _attribute_in_worker(item: tuple[str, tuple[str, ...], str], *, model: str, 
                                    lambda: load_model(model, device=device, cache_dir=model_cache_dir))
     fact_id, prompts, answer = item
     return attribute_fact(lm, fact_id, list(prompts), answer, cache_dir, steps=steps, method=method,
-                          keep_ratio=keep_ratio)
+                          keep_ratio=keep_ratio, freeze_norm=freeze_norm, prompts_tag=prompts_tag)
 
 
 def _attribute_with_ray(lm: LanguageModel, pararel, todo: list[str], cache_dir, out: Path, steps: int, method: str,
-                        keep_ratio: float, progress: bool, model_cache_dir=None, device: str | None = None,
+                        keep_ratio: float, progress: bool, freeze_norm: bool = False, prompts_tag: str = "",
+                        model_cache_dir=None, device: str | None = None,
                         batch_size: int = 1, cpus_per_task: int = 1, gpus_per_task: float = 1.0,
                         max_retries: int = 3, address: str | None = None, num_cpus: int | None = None) -> None:
     device = device or lm.device.type
@@ -101,7 +115,8 @@ def _attribute_with_ray(lm: LanguageModel, pararel, todo: list[str], cache_dir, 
         _attribute_in_worker, model=lm.name, device=device,
         model_cache_dir=None if model_cache_dir is None else Path(model_cache_dir).resolve(),
         cache_dir=Path(cache_dir).resolve(),  # workers may not share the driver's working directory
-        steps=steps, method=method, keep_ratio=keep_ratio, threads=max(1, int(cpus_per_task)))
+        steps=steps, method=method, keep_ratio=keep_ratio, threads=max(1, int(cpus_per_task)),
+        freeze_norm=freeze_norm, prompts_tag=prompts_tag)
     distributed.run_cached(compute, items, lambda item: _fact_file(out, item[0]), batch_size=batch_size,
                            device=device, gpus_per_task=gpus_per_task, cpus_per_task=cpus_per_task,
                            max_retries=max_retries, address=address, num_cpus=num_cpus, progress=progress,
@@ -110,8 +125,14 @@ def _attribute_with_ray(lm: LanguageModel, pararel, todo: list[str], cache_dir, 
 
 def attribute_facts(lm: LanguageModel, pararel, fact_ids: list[str], cache_dir, steps: int = 20,
                     method: str = "left", keep_ratio: float = 0.1, shard: str | None = None,
-                    progress: bool = True, engine: str = "serial", **ray_options) -> pd.DataFrame:
+                    progress: bool = True, engine: str = "serial", freeze_norm: bool = False,
+                    prompts_tag: str = "", **ray_options) -> pd.DataFrame:
     """IG for every prompt of each fact, cached per fact; returns the sparse table of the facts done.
+
+    The prompts are ``pararel.bag(fact_id)``: pass a view restricted to a held-out split's selection
+    prompts (``kn_utils.knowledge.split_prompts``) to attribute those only, with a ``prompts_tag``
+    naming the split, so that its files never mix with those of all prompts. ``freeze_norm``: IG with
+    the post-FFN norm frozen (Gemma; ``attribution.integrated_gradients``), cached apart.
 
     One parquet file per fact, written atomically, so an interrupted run resumes at the first
     missing fact and a rerun with the same settings computes nothing. ``shard="i/N"`` (default:
@@ -135,19 +156,22 @@ def attribute_facts(lm: LanguageModel, pararel, fact_ids: list[str], cache_dir, 
     if engine == "serial" and ray_options:
         raise TypeError(f"{', '.join(sorted(ray_options))}: options of engine='ray' only")
     i, n = parse_shard(shard if shard is not None else os.environ.get("SHARD"))
-    out = attribution_dir(cache_dir, lm.name, steps, method, keep_ratio)
+    out = attribution_dir(cache_dir, lm.name, steps, method, keep_ratio, freeze_norm, prompts_tag)
     mine = [f for k, f in enumerate(fact_ids) if k % n == i]
     todo = [f for f in mine if not _fact_file(out, f).exists()]
     if todo:
-        io.atomic_write_json(out / "settings.json", {"model": lm.name, "steps": steps, "method": method,
-                                                     "keep_ratio": keep_ratio, "version": CACHE_VERSION})
+        settings = {"model": lm.name, "steps": steps, "method": method, "keep_ratio": keep_ratio, "version": CACHE_VERSION}
+        if freeze_norm or prompts_tag:  # keys of the default setting stay as they were
+            settings.update(freeze_norm=freeze_norm, prompts_tag=prompts_tag)
+        io.atomic_write_json(out / "settings.json", settings)
     if todo and engine == "ray":
-        _attribute_with_ray(lm, pararel, todo, cache_dir, out, steps, method, keep_ratio, progress, **ray_options)
+        _attribute_with_ray(lm, pararel, todo, cache_dir, out, steps, method, keep_ratio, progress,
+                            freeze_norm=freeze_norm, prompts_tag=prompts_tag, **ray_options)
     elif todo:
         answers = pararel.facts.set_index("fact_id")["object"]
         for fact_id in tqdm(todo, desc=f"IG facts (shard {i}/{n})", disable=not progress):
             attribute_fact(lm, fact_id, pararel.bag(fact_id), answers[fact_id], cache_dir, steps=steps,
-                           method=method, keep_ratio=keep_ratio)
+                           method=method, keep_ratio=keep_ratio, freeze_norm=freeze_norm, prompts_tag=prompts_tag)
     done = [f for f in mine if _fact_file(out, f).exists()]
     if not done:
         return _fact_table("", torch.zeros(0, 1, 1), torch.zeros(0, 1, 1), torch.zeros(0), keep_ratio)
@@ -155,13 +179,14 @@ def attribute_facts(lm: LanguageModel, pararel, fact_ids: list[str], cache_dir, 
 
 
 def facts_knowledge_neurons(lm: LanguageModel, pararel, fact_ids: list[str], cache_dir, steps: int = 20,
-                            method: str = "left", keep_ratio: float = 0.1, **refine
-                            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+                            method: str = "left", keep_ratio: float = 0.1, freeze_norm: bool = False,
+                            prompts_tag: str = "", **refine) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Attribute (through the per-fact cache) and refine ``fact_ids`` in one call: the knowledge
     neurons ``fact_id, relation, layer, neuron`` and one row per relation on how refinement ended.
     ``refine`` goes to ``kn_utils.neurons.knowledge_neurons`` (threshold, share, min_prompts, ...)."""
 
-    table = attribute_facts(lm, pararel, fact_ids, cache_dir, steps=steps, method=method, keep_ratio=keep_ratio)
+    table = attribute_facts(lm, pararel, fact_ids, cache_dir, steps=steps, method=method, keep_ratio=keep_ratio,
+                            freeze_norm=freeze_norm, prompts_tag=prompts_tag)
     relation_of = pararel.facts.set_index("fact_id").relation
     return knowledge_neurons(table, {f: len(pararel.bag(f)) for f in fact_ids},
                              {f: relation_of[f] for f in fact_ids}, **refine)

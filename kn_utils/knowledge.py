@@ -23,6 +23,8 @@ certainly not usable.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import torch
@@ -266,3 +268,25 @@ def split_prompts(prompts: pd.DataFrame, n_select: int, seed: int, min_heldout: 
     parts = prompts[kept].copy()
     parts["split"] = labels[kept].astype(str)
     return parts, pd.DataFrame(dropped, columns=["fact_id", "n_prompts", "reason"])
+
+
+def drop_split(view, parts: pd.DataFrame, drop: str):
+    """The per-model view without one part of a split: ``drop="select"`` gives the held-out view (every
+    prompt of the view except the selection prompts of the split facts: measure effects here),
+    ``drop="heldout"`` the in-sample view (the split facts keep only their selection prompts: pick
+    knowledge neurons, or measure in-sample as the paper did). Facts that were not split keep all their
+    prompts, so unrelated-fact controls draw from the whole view; a split fact keeps its place in
+    ``facts`` with the remaining prompts.
+
+        heldout = drop_split(view, parts, "select")
+        assert not set(heldout.bag(f)) & set(parts[(parts.fact_id == f) & (parts.split == "select")].prompt)
+    """
+    if drop not in SPLITS:
+        raise ValueError(f"drop must be one of {SPLITS}, got {drop!r}")
+    _need_columns(parts, ["fact_id", "template_idx", "split"], "parts")
+    gone = parts.loc[parts.split == drop, ["fact_id", "template_idx"]]
+    key = pd.MultiIndex.from_frame(view.prompts[["fact_id", "template_idx"]])
+    keep = ~key.isin(pd.MultiIndex.from_frame(gone))
+    prompts = view.prompts[keep].reset_index(drop=True)
+    facts = view.facts[view.facts.fact_id.isin(prompts.fact_id)].reset_index(drop=True)
+    return dataclasses.replace(view, prompts=prompts, facts=facts)

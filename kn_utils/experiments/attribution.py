@@ -34,6 +34,37 @@ def select_facts(pararel, relations: list[str] | None, n_facts_per_relation: int
     return pararel.sample_facts(n_facts_per_relation, seed=seed, relations=relations or usable), too_few
 
 
+@dataclass
+class StudyFacts:
+    """The known-fact, held-out protocol's sample: which facts, and which of their prompts select neurons."""
+
+    fact_ids: list[str]  # known facts, spread over relations (``knowledge.sample_known``)
+    parts: pd.DataFrame  # their prompts with ``split`` in {"select", "heldout"} (``knowledge.split_prompts``)
+    dropped: pd.DataFrame  # sampled facts with too few prompts to split, and why
+    select: object  # the view with only the selection prompts for these facts: attribute and refine here
+    heldout: object  # the view without their selection prompts: measure effects here
+    prompts_tag: str  # names the split in the attribution cache
+
+
+def study_facts(view, table: pd.DataFrame, n_facts: int, seed: int, criterion: str = "typed",
+                n_select: int = 4, min_heldout: int = 1) -> StudyFacts:
+    """Up to ``n_facts`` facts the model knows (``table``: ``knowledge.screen``'s, rows of the facts
+    screened; ``criterion``: "typed", "strict" or "all"), each with at least ``n_select + min_heldout``
+    prompts, and their prompts split into a selection part (at most ``n_select``) and a held-out rest.
+    Facts with fewer prompts are never sampled, so the sample has exactly ``n_facts`` facts whenever
+    that many qualify.
+
+        sf = study_facts(view, screen(lm, view, view.sample_facts(60, seed=0)), 200, seed=0)
+        attribute_all(lm, sf.select, sf.fact_ids, cache, 20, "left", 0.1, prompts_tag=sf.prompts_tag)
+    """
+    from ..knowledge import drop_split, sample_known, split_prompts
+
+    fact_ids = sample_known(table, n_facts, seed, criterion=criterion, min_prompts=n_select + min_heldout)
+    parts, dropped = split_prompts(view.prompts[view.prompts.fact_id.isin(fact_ids)], n_select, seed, min_heldout)
+    return StudyFacts(fact_ids, parts, dropped, drop_split(view, parts, "heldout"), drop_split(view, parts, "select"),
+                      f"select{n_select}-seed{seed}")
+
+
 def fact_prompts(view, facts: pd.DataFrame) -> tuple[dict[str, int], dict[str, str]]:
     """Per fact: its number of prompts (paraphrases) and its relation."""
     n_prompts = {f: len(view.bag(f)) for f in facts.fact_id}
@@ -41,10 +72,12 @@ def fact_prompts(view, facts: pd.DataFrame) -> tuple[dict[str, int], dict[str, s
 
 
 def attribute_all(lm: LanguageModel, view, fact_ids: list[str], cache, steps: int, method: str,
-                  keep_ratio: float) -> pd.DataFrame:
-    """IG and activation scores of every prompt of ``fact_ids``, from (and into) the per-fact cache.
+                  keep_ratio: float, freeze_norm: bool = False, prompts_tag: str = "") -> pd.DataFrame:
+    """IG and activation scores of every prompt of ``fact_ids`` in ``view``, from (and into) the per-fact
+    cache (``view`` = ``StudyFacts.select`` with its ``prompts_tag``: the selection prompts only).
     A SHARD run computes its part only and stops here; the run without SHARD joins the shards."""
-    table = attribute_facts(lm, view, fact_ids, cache, steps=steps, method=method, keep_ratio=keep_ratio)
+    table = attribute_facts(lm, view, fact_ids, cache, steps=steps, method=method, keep_ratio=keep_ratio,
+                            freeze_norm=freeze_norm, prompts_tag=prompts_tag)
     missing = sorted(set(fact_ids) - set(table.fact_id))
     if missing:
         raise SystemExit(f"{len(missing)} facts are not attributed yet (SHARD={os.environ.get('SHARD')}); "
