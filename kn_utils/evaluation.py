@@ -47,12 +47,13 @@ EVAL_COLUMNS = ["p_answer", "nll", "rank", "pred_id", "top1"]
 
 @torch.no_grad()
 def evaluate(lm: LanguageModel, prompts: list[str], answers, batch_size: int = 32, top_k: int = 0,
-             progress: bool = False) -> pd.DataFrame:
+             progress: bool = False, candidates=None) -> pd.DataFrame:
     """The study's one evaluator: per prompt, at the blank, ``p_answer``, ``nll`` (−log p), ``rank`` (1 =
     top-1; ties favour the answer), ``top1``, ``pred_id`` (argmax token) and, with ``top_k``, the
     ``top_tokens`` / ``top_probs`` lists. ``answers``: words (single tokens) or token ids.
     Active hooks and edits apply. One forward pass per batch; every number comes from one float32
-    log-softmax, so ``p_answer == exp(-nll)``.
+    log-softmax, so ``p_answer == exp(-nll)``. ``candidates`` (per prompt, token ids the answer is
+    ranked among, e.g. its relation's objects) adds ``typed_rank`` (1 = first, ties favour the answer).
 
         with erase_neurons(lm, kns):
             df = evaluate(lm, prompts, answers)
@@ -66,6 +67,10 @@ def evaluate(lm: LanguageModel, prompts: list[str], answers, batch_size: int = 3
         raise ValueError(f"{len(prompts)} prompts but {len(ids)} answers")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if candidates is not None:
+        candidates = [torch.as_tensor(np.asarray(c), dtype=torch.long) for c in candidates]
+        if len(candidates) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
     parts = []
     for s in _batches(len(prompts), batch_size, progress, "evaluate"):
         logp = lm.prediction_logits(lm.encode(prompts[s:s + batch_size])).float().log_softmax(-1)  # [batch, vocab]
@@ -77,12 +82,19 @@ def evaluate(lm: LanguageModel, prompts: list[str], answers, batch_size: int = 3
             "rank": ((logp > lp).sum(1) + 1).cpu().numpy(),
             "pred_id": logp.argmax(1).cpu().numpy(),
         })
+        if candidates is not None:
+            seqs = candidates[s:s + batch_size]
+            cand = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True).to(logp.device)  # [batch, max_candidates]
+            width = torch.arange(cand.shape[1], device=logp.device)[None]  # [1, max_candidates]
+            valid = width < torch.tensor([len(c) for c in seqs], device=logp.device)[:, None]  # padding never counts
+            part["typed_rank"] = (((logp.gather(1, cand) > lp) & valid).sum(1) + 1).cpu().numpy()
         if top_k:
             top_lp, top_i = logp.topk(top_k, dim=-1)  # [batch, k]
             part["top_tokens"] = [[lm.tokenizer.decode([t]).strip() for t in row] for row in top_i.tolist()]
             part["top_probs"] = top_lp.exp().tolist()
         parts.append(part)
-    cols = EVAL_COLUMNS[:-1] + (["top_tokens", "top_probs"] if top_k else [])
+    cols = (EVAL_COLUMNS[:-1] + (["typed_rank"] if candidates is not None else [])
+            + (["top_tokens", "top_probs"] if top_k else []))
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
     df.insert(4, "top1", df["rank"] == 1)
     return df

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from scipy.stats import binomtest
 
+from .evaluation import evaluate
 from .inference import holm
 from .models import LanguageModel
 from .neurons import fact_rng
@@ -61,7 +62,6 @@ def relation_objects(facts: pd.DataFrame) -> dict[str, np.ndarray]:
     return {rel: np.unique(ids.to_numpy(dtype=np.int64)) for rel, ids in facts.groupby("relation", sort=False)["answer_id"]}
 
 
-@torch.no_grad()
 def prompt_ranks(lm: LanguageModel, prompts: pd.DataFrame, objects: dict[str, np.ndarray],
                  batch_size: int = 32) -> pd.DataFrame:
     """Per prompt (input order, input columns kept): ``p_answer``, ``rank`` over the vocabulary and
@@ -83,25 +83,13 @@ def prompt_ranks(lm: LanguageModel, prompts: pd.DataFrame, objects: dict[str, np
     if absent:
         raise ValueError(f"{len(absent)} prompt(s) have a gold answer_id outside their relation's objects, "
                          f"e.g. row {absent[0]}: the objects must come from the facts of the same view")
-    cand = {r: torch.as_tensor(np.asarray(objects[r]), dtype=torch.long) for r in set(rels)}
     # sort by length so a batch holds prompts of similar length: little padding is computed
     order = np.argsort(prompts["prompt"].str.len().to_numpy(), kind="stable")
-    texts = prompts["prompt"].to_numpy()
+    cand = {r: np.asarray(objects[r], dtype=np.int64) for r in set(rels)}
+    ranked = evaluate(lm, prompts["prompt"].to_numpy()[order].tolist(), torch.as_tensor(gold[order]),
+                      batch_size=batch_size, candidates=[cand[r] for r in rels[order]])
     p_answer, rank, typed = (np.empty(len(prompts), dt) for dt in (np.float64, np.int64, np.int64))
-    for s in range(0, len(order), batch_size):
-        rows = order[s:s + batch_size]
-        # one float32 log-softmax, as evaluate: the same ranks and p as the study's evaluator gives
-        logp = lm.prediction_logits(lm.encode(texts[rows].tolist())).float().log_softmax(-1)  # [batch, vocab]
-        g = torch.as_tensor(gold[rows], device=logp.device)[:, None]  # [batch, 1]
-        lp = logp.gather(1, g)  # [batch, 1]
-        seqs = [cand[r] for r in rels[rows]]
-        ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True).to(logp.device)  # [batch, max_objects]
-        width = torch.arange(ids.shape[1], device=logp.device)[None]  # [1, max_objects]
-        valid = width < torch.tensor([len(c) for c in seqs], device=logp.device)[:, None]  # [batch, max_objects]
-        above = (logp.gather(1, ids) > lp) & valid  # [batch, max_objects]: padding never counts
-        p_answer[rows] = lp[:, 0].exp().cpu().numpy()
-        rank[rows] = ((logp > lp).sum(1) + 1).cpu().numpy()
-        typed[rows] = (above.sum(1) + 1).cpu().numpy()
+    p_answer[order], rank[order], typed[order] = (ranked[c].to_numpy() for c in ("p_answer", "rank", "typed_rank"))
     out = prompts.copy()
     out["p_answer"], out["rank"], out["typed_rank"] = p_answer, rank, typed
     out["n_objects"] = [len(objects[r]) for r in rels]

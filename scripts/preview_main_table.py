@@ -4,17 +4,19 @@ What the rerun wires into notebooks 00, 01 and 03; kept as their blueprint and t
 
     .venv/bin/python scripts/preview_main_table.py smollm2-135m 60 220 0    # model, facts screened per relation, facts sampled, freeze_norm
 """
-import sys, time, json
+import os
+import sys
+import time
+
 import pandas as pd
 import kn_utils as kn
-from kn_utils import io
 from kn_utils.knowledge import screen, relation_knowledge
 from kn_utils.experiments import attribution as A, suppress_amplify as S
 from kn_utils.neurons import knowledge_neurons
 
 model, per_rel, n_facts, freeze = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 out = f"/tmp/preview-{model}"
-import os; os.makedirs(out, exist_ok=True)
+os.makedirs(out, exist_ok=True)
 t0 = time.time()
 lm = kn.load_model(model)
 view, _ = kn.load_pararel().for_model(lm)

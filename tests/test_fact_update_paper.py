@@ -85,22 +85,22 @@ def test_heldout_prompts_never_include_a_selection_prompt(small):
     f = small.facts.fact_id.iloc[0]
     bag = small.bag(f)
     assert len(bag) >= 4
-    edit, held = exp.split_prompts(small, f)
+    edit, held = exp.edit_and_heldout(small, f)
     assert edit == bag[0] and held == bag[1:]
     chosen = [bag[2], bag[0]]
-    edit, held = exp.split_prompts(small, f, {f: chosen})
+    edit, held = exp.edit_and_heldout(small, f, {f: chosen})
     assert edit == bag[2] and not set(held) & set(chosen) and set(held) | set(chosen) == set(bag)
     # a bag with a repeated selection prompt: every copy is left out
     twice = dataclasses.replace(small, prompts=pd.concat([small.prompts, small.prompts[small.prompts.prompt == bag[2]]]))
-    assert bag[2] not in exp.split_prompts(twice, f, {f: [bag[2]]})[1]
+    assert bag[2] not in exp.edit_and_heldout(twice, f, {f: [bag[2]]})[1]
     with pytest.raises(KeyError, match="no entry"):
-        exp.split_prompts(small, f, {})
+        exp.edit_and_heldout(small, f, {})
     with pytest.raises(ValueError, match="empty"):
-        exp.split_prompts(small, f, {f: []})
+        exp.edit_and_heldout(small, f, {f: []})
     with pytest.raises(ValueError, match="not the fact's"):
-        exp.split_prompts(small, f, {f: ["Someone was born in [MASK]."]})
+        exp.edit_and_heldout(small, f, {f: ["Someone was born in [MASK]."]})
     with pytest.raises(TypeError, match="not one string"):
-        exp.split_prompts(small, f, {f: bag[0]})
+        exp.edit_and_heldout(small, f, {f: bag[0]})
 
 
 def test_the_table_uses_the_selection_prompts(llama, small):

@@ -246,13 +246,13 @@ def paper_edits(pararel_view, fact_ids, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["fact_id", "relation", "old", "new"])
 
 
-def split_prompts(pararel, fact_id: str, select_prompts: dict[str, list[str]] | None = None) -> tuple[str, list[str]]:
+def edit_and_heldout(pararel, fact_id: str, select_prompts: dict[str, list[str]] | None = None) -> tuple[str, list[str]]:
     """One fact's edited prompt and held-out paraphrases. With ``select_prompts`` (fact id -> the prompts
     its neurons were selected on) the edited prompt is the first of them and every one of them is left
     out of the held-out set; without it, the edited prompt is the fact's first prompt and the held-out
     set is the rest (held out from the edit, but not from a neuron selection that used all prompts).
 
-        edit_prompt, heldout = split_prompts(view, "P19_3", {"P19_3": view.bag("P19_3")[:2]})
+        edit_prompt, heldout = edit_and_heldout(view, "P19_3", {"P19_3": view.bag("P19_3")[:2]})
     """
     bag = pararel.bag(fact_id)
     if select_prompts is None:
@@ -310,7 +310,7 @@ def paper_update_effects(lm: LanguageModel, pararel, edits: pd.DataFrame, neuron
     ``paper_edits``) with ``update_fact`` on its neurons, once per ``lambda2``, the weights restored
     bit-exactly after each (checked: a difference raises).
 
-    Measured before and after each edit: on the edited prompt (``split_prompts``) the new and old
+    Measured before and after each edit: on the edited prompt (``edit_and_heldout``) the new and old
     answers' top-1, probability and the new answer's rank; on the held-out paraphrases the share with
     the new / old answer top-1 and their mean probabilities (NaN without paraphrases); on ``n_intra``
     other facts of the relation and ``n_inter`` of other relations (drawn per fact with
@@ -341,7 +341,7 @@ def paper_update_effects(lm: LanguageModel, pararel, edits: pd.DataFrame, neuron
             raise ValueError(f"fact {e.fact_id}: the new answer equals the old one ({e.old!r})")
         old_id, new_id = lm.answer_id(e.old), lm.answer_id(e.new)
         kns = as_neurons(neurons_by_fact.get(e.fact_id, []))
-        edit_prompt, heldout = split_prompts(pararel, e.fact_id, select_prompts)
+        edit_prompt, heldout = edit_and_heldout(pararel, e.fact_id, select_prompts)
         side = _draw_side_facts(facts, e.fact_id, e.relation, n_intra, n_inter,
                                 fact_rng(seed, f"{e.fact_id}:side effects"))
         checks = {name: _bag_set(pararel, facts, ids) for name, ids in side.items()}
