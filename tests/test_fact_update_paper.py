@@ -12,7 +12,7 @@ from scipy.stats import wilcoxon
 
 import kn_utils as kn
 from kn_utils.experiments import fact_update as exp
-from kn_utils.inference import holm
+from kn_utils.stats import holm
 from kn_utils.neurons import fact_rng
 
 RELATIONS = ["P19", "P36"]
@@ -126,10 +126,12 @@ def test_weights_restored_bit_exactly_after_each_lambda2(llama, small, monkeypat
             yield
         calls.append((lambda2, edited, unchanged(lm, snap)))  # compared right after this lambda2's edit
 
-    monkeypatch.setattr(kn.edits, "update_fact", watched)  # what evaluate_update calls
+    monkeypatch.setattr(kn.edits, "update_fact", watched)  # what evaluate_update (and the text check) calls
     table = exp.paper_update_effects(llama, small, exp.paper_edits(small, ids, 0), neurons,
-                                     lambda2s=(1, 2, 4, 8), n_intra=1, n_inter=1, progress=False)
-    assert [c[0] for c in calls] == [1.0, 2.0, 4.0, 8.0] * 2
+                                     lambda2s=(1, 2, 4, 8), n_intra=1, n_inter=1, progress=False,
+                                     texts=["The kettle clicked off.", "She folded the letter twice."])
+    # per lambda2: the probes, then the plain text; two edited facts
+    assert [c[0] for c in calls] == [1.0, 1.0, 2.0, 2.0, 4.0, 4.0, 8.0, 8.0] * 2
     assert all(edited and restored for _, edited, restored in calls)
     assert unchanged(llama, snap)
     assert len(table) == 12 and table.groupby("fact_id").lambda2.apply(list).tolist() == [[1.0, 2.0, 4.0, 8.0]] * 3
@@ -189,8 +191,10 @@ def test_success_and_side_effects_equal_a_hand_edit(llama, small):
             p_held = hand_probs(manual, held)  # [n_held, vocab]
             res = {"edit_new_top1": float(p_edit.argmax() == new), "edit_old_top1": float(p_edit.argmax() == old),
                    "edit_p_new": float(p_edit[new]), "edit_p_old": float(p_edit[old]),
+                   "edit_new_above_old": float(p_edit[new] > p_edit[old]),
                    "heldout_new_top1": float((p_held.argmax(1) == new).double().mean()),
                    "heldout_old_top1": float((p_held.argmax(1) == old).double().mean()),
+                   "heldout_new_above_old": float((p_held[:, new] > p_held[:, old]).double().mean()),
                    "heldout_p_new": float(p_held[:, new].mean()), "heldout_p_old": float(p_held[:, old].mean())}
             for k, fs in side.items():
                 ps = [p for f in fs for p in small.bag(f)]
@@ -198,6 +202,7 @@ def test_success_and_side_effects_equal_a_hand_edit(llama, small):
                 probs = hand_probs(manual, ps)  # [n_side, vocab]
                 res[f"ppl_{k}"] = float((-probs[torch.arange(len(ps)), gold].double().log()).mean().exp())
                 res[f"acc_{k}"] = float((probs.argmax(1) == gold).double().mean())
+                res[f"p_{k}"] = float(probs[torch.arange(len(ps)), gold].double().mean())
             return res
 
         if r.fact_id not in unedited:  # the unedited model: once per fact
@@ -216,7 +221,7 @@ def test_success_and_side_effects_equal_a_hand_edit(llama, small):
         for when, res in (("before", before), ("after", after)):
             for k, v in res.items():
                 got = getattr(r, f"{k}_{when}")
-                if "top1" in k or k.startswith("acc"):
+                if "top1" in k or "above" in k or k.startswith("acc"):
                     assert got == v, (r.fact_id, r.lambda2, k, when)
                 else:
                     assert got == pytest.approx(v, rel=1e-4), (r.fact_id, r.lambda2, k, when)
@@ -303,6 +308,8 @@ def hand_table():
                      "heldout_p_old_before": 0.5, "heldout_p_old_after": 0.3,
                      "ppl_intra_before": 10.0, "ppl_intra_after": 10.0 * np.exp(0.1 * lam),
                      "ppl_inter_before": 20.0, "ppl_inter_after": 20.0,
+                     "p_intra_before": 0.2, "p_intra_after": 0.2 * (1 - 0.01 * lam),
+                     "p_inter_before": 0.3, "p_inter_after": 0.3,
                      "acc_intra_before": 0.5, "acc_intra_after": 0.5 - 0.01 * lam,
                      "acc_inter_before": 0.5, "acc_inter_after": 0.5})
     rows.append({**rows[0], "fact_id": "d", "neurons": 0, "edit_new_top1_after": 1.0})  # not edited: left out
@@ -323,15 +330,21 @@ def test_paper_outcomes_equal_hand_computations():
     assert by.loc[(8.0, "log_ppl_ratio_intra"), "mean"] == pytest.approx(0.8)
     assert by.loc[(8.0, "acc_change_intra"), "mean"] == pytest.approx(-0.08)
     assert by.loc[(8.0, "p_new_change_edit"), "mean"] == pytest.approx(0.08)
-    lo, hi = kn.inference.fact_bootstrap([0.0, 0.0, 1.0], seed=0)
+    lo, hi = kn.stats.fact_bootstrap([0.0, 0.0, 1.0], seed=0)
     assert by.loc[(1.0, "success_edit"), ["ci_low", "ci_high"]].tolist() == [lo, hi]
+    assert by.loc[(8.0, "p_rel_change_intra"), "mean"] == pytest.approx(-0.08)
+    assert by.loc[(8.0, "success_edit_change"), "mean"] == pytest.approx(1.0)
+    assert np.isnan(by.loc[(8.0, "log_ppl_ratio_text"), "mean"])  # the table has no text measurement
+    assert by.loc[(8.0, "log_ppl_ratio_text"), "facts"] == 0
     paired = o["paired"].set_index("metric")
     assert paired.index.tolist() == list(exp.PAIRED_METRICS)  # two lambda2 values: one pair per metric
-    assert paired.loc["success_edit", ["mean_diff", "facts", "nonzero"]].tolist() == [pytest.approx(2 / 3), 3, 2]
-    assert paired.loc["success_edit", "p"] == pytest.approx(wilcoxon([1.0, 1.0, 0.0]).pvalue)
-    assert paired.loc["log_ppl_ratio_inter", "p"] == 1.0  # identical on every fact
+    # held-out success, lambda2 8 minus 1: a 0.5 - 0.0625, c 0.25 - 0.03125, b has none
+    assert paired.loc["success_heldout", ["mean_diff", "facts", "nonzero"]].tolist() == [
+        pytest.approx((0.4375 + 0.21875) / 2), 2, 2]
+    assert paired.loc["success_heldout", "p"] == pytest.approx(wilcoxon([0.4375, 0.21875]).pvalue)
+    assert paired.loc["p_rel_change_inter", "p"] == 1.0  # identical on every fact
+    assert paired.loc["p_rel_change_intra", "mean_diff"] == pytest.approx(-0.07)
     assert np.allclose(paired.p_holm, holm(paired.p))
-    assert paired.loc["success_heldout", "facts"] == 2
 
 
 def test_paper_outcomes_need_edited_facts_and_one_row_per_fact_and_lambda():
@@ -342,13 +355,92 @@ def test_paper_outcomes_need_edited_facts_and_one_row_per_fact_and_lambda():
         exp.paper_outcomes(pd.concat([t, t.iloc[:1]]))
 
 
-def test_wrong_to_right_rows_label_the_existing_protocol():
-    results = pd.DataFrame({"fact_id": ["a"], "relation": ["R1"], "old": ["x"], "new": ["y"], "neurons": [2],
-                            "prompts": [3], "ppl_intra_before": [1.0]})
-    rows = exp.wrong_to_right_rows(results, lambda1=1.0, lambda2=8.0)
-    assert rows.columns.tolist()[:8] == ["variant", "fact_id", "relation", "old", "new", "neurons", "lambda1",
-                                         "lambda2"]
-    assert rows.variant.tolist() == [exp.VARIANT_WRONG_TO_RIGHT] and rows.lambda2.tolist() == [8.0]
-    assert "variant" not in results  # a copy
-    both = pd.concat([hand_table(), rows], ignore_index=True)
-    assert set(both.variant) == {exp.VARIANT_PAPER, exp.VARIANT_WRONG_TO_RIGHT}
+def test_wrong_to_right_edits_go_from_the_models_top1_to_the_gold_answer(llama, small):
+    ids = small.facts.fact_id.tolist()[:4]
+    facts = small.facts.copy()
+    first = [small.bag(f)[0] for f in ids]
+    pred = hand_probs(llama, first).argmax(1)  # [4]: the model's top-1 on each fact's first prompt
+    # make the model right on ids[1] by declaring its top-1 the gold answer there
+    facts.loc[facts.fact_id == ids[1], "answer_id"] = int(pred[1])
+    view = dataclasses.replace(small, facts=facts)
+    e = exp.wrong_to_right_edits(llama, view, ids)
+    assert e.fact_id.tolist() == [ids[0], ids[2], ids[3]]  # ids[1] is right already: not edited
+    by = facts.set_index("fact_id")
+    for r in e.itertuples():
+        assert r.old_id == int(pred[ids.index(r.fact_id)]) and r.new_id == by.answer_id[r.fact_id]
+        assert r.new == by.object[r.fact_id] and r.variant == exp.VARIANT_WRONG_TO_RIGHT
+    assert exp.wrong_to_right_edits(llama, view, []).columns.tolist() == e.columns.tolist()
+    # the table scores the gold answer (the new one) and labels the variant
+    table = exp.paper_update_effects(llama, view, e, {f: [(3, 1)] for f in ids}, lambda2s=(8,), n_intra=0,
+                                     n_inter=0, progress=False)
+    assert (table.variant == exp.VARIANT_WRONG_TO_RIGHT).all() and table.edit_prompt.tolist() == [
+        small.bag(f)[0] for f in e.fact_id]
+    assert (table.edit_new_top1_before == 0).all()  # the gold answer was not the top-1 before
+    o = exp.paper_outcomes(table, variant=exp.VARIANT_WRONG_TO_RIGHT)
+    assert o["facts"] == 3
+    with pytest.raises(ValueError, match="no edited fact"):
+        exp.paper_outcomes(table)  # no paper-variant rows
+    with pytest.raises(ValueError, match="token is the old one"):
+        exp.paper_update_effects(llama, view, e.assign(new_id=e.old_id), {f: [(3, 1)] for f in ids}, lambda2s=(8,),
+                                 n_intra=0, n_inter=0, progress=False)
+
+
+# --------------------------------------------------------------------------- tests, rows and verdicts
+
+def tiny_table(heldout_after=(1.0, 0.0, 1.0, 1.0)):
+    """4 edited facts (2 relations) at lambda2 = 8: held-out new-object top-1 share 0 before, as given after."""
+    rows = []
+    for k, (f, after) in enumerate(zip("abcd", heldout_after)):
+        rows.append({"variant": exp.VARIANT_PAPER, "fact_id": f, "relation": "R1" if k < 2 else "R2", "neurons": 3,
+                     "lambda2": 8.0, "heldout_new_top1_before": 0.0, "heldout_new_top1_after": after,
+                     "edit_new_top1_before": 0.0, "edit_new_top1_after": 1.0, "edit_old_top1_before": 1.0,
+                     "p_intra_before": 0.2, "p_intra_after": 0.2, "p_inter_before": 0.1,
+                     "p_inter_after": 0.1 * (1 + [0.01, -0.01, 0.02, -0.02][k])})
+    return pd.DataFrame(rows)
+
+
+def test_summary_rows_on_a_tiny_table_equal_hand_computations():
+    o = exp.paper_outcomes(tiny_table(), seed=0)
+    family = exp.holm_family(o, margin=0.05)
+    rows = exp.summary_rows(o, family, None, lambda2s=(8.0,), paper_lambda2=8.0, margin=0.05)
+    for r in rows:
+        assert r["verdict"] in kn.stats.VOCABULARY and set(kn.report.ROW_KEYS) <= set(r)
+    first = rows[0]
+    # per-fact changes 1, 0, 1, 1: mean 0.75; the bootstrap mean of 4 draws is k/4 with k ~ Binomial(4, 0.75):
+    # P(k <= 0) = 0.004 < 0.025 < P(k <= 1) = 0.051 and P(k <= 3) = 0.68 < 0.975, so the 95% CI is [0.25, 1]
+    assert first["ours"].startswith("+75.0% (4 facts, 2 relations;")
+    assert first["ci"] == [0.25, 1.0] and first["n"] == 4 and first["relations"] == 2
+    assert first["verdict"] == kn.stats.REPRODUCED  # 48.5% lies inside [0.25, 1]
+    # the side effects: intra unchanged on every fact (TOST p = 0: equivalent), inter mean 0 within +-5%
+    intra, inter = rows[1], rows[2]
+    assert intra["ours"].startswith("+0.0% (4 facts") and intra["ci"] == [0.0, 0.0]
+    assert intra["verdict"] == kn.stats.REPRODUCED
+    t = kn.stats.tost(np.array([0.01, -0.01, 0.02, -0.02]), 0.05)
+    fam = family.set_index(["test", "lambda2"])
+    assert fam.loc[("side_inter", 8.0), "p"] == pytest.approx(t["p"])
+    assert np.allclose(family.p_holm, holm(family.p), equal_nan=True)
+    assert inter["verdict"] == (kn.stats.REPRODUCED if fam.loc[("side_inter", 8.0), "p_holm"] < 0.05
+                                else kn.stats.INCONCLUSIVE)
+    # a success far below the paper's: weaker than the paper
+    weak = exp.paper_outcomes(tiny_table((0.1, 0.0, 0.1, 0.1)), seed=0)
+    row = exp.summary_rows(weak, exp.holm_family(weak, 0.05), None, (8.0,), 8.0, 0.05)[0]
+    assert row["ci"][1] < 0.485 and row["ci"][0] > 0 and row["verdict"] == kn.stats.WEAKER
+
+
+def test_holm_family_decides_equivalence_on_the_adjusted_p():
+    o = exp.paper_outcomes(pd.concat([tiny_table(), tiny_table().assign(lambda2=1.0)]), seed=0)
+    family = exp.holm_family(o, margin=0.05)
+    assert set(family.test) == {"success", "side_intra", "side_inter", "paired"}
+    assert len(family) == 2 * 3 + 3  # per lambda2: success + 2 TOSTs; one pair x 3 paired metrics
+    assert np.allclose(family.p_holm, holm(family.p), equal_nan=True)
+    for r in family[family.test.str.startswith("side")].itertuples():
+        assert r.tost["p_holm"] == r.p_holm and r.tost["equivalent"] == (r.p_holm < 0.05)
+
+
+def test_empty_samples_give_zero_fact_inconclusive_rows():
+    rows = exp.summary_rows(None, exp.holm_family(None, 0.05), None, (1.0, 8.0), 8.0, 0.05)
+    assert len(rows) == 2 * 3 + 3
+    for r in rows:
+        assert (r["ours"], r["ci"], r["n"], r["verdict"]) == ("0 facts", None, 0, kn.stats.INCONCLUSIVE)
+    s = exp.summary(None, exp.holm_family(None, 0.05), None, {"facts_edited": 0}, (1.0, 8.0), 0.05)
+    assert kn.report.check_summary(s) == [] and s["figures"] == []

@@ -224,7 +224,8 @@ def test_this_repos_graph_is_what_make_uses() -> None:
     assert graph["06_random_neurons"] == ["01_attribution"]
     assert graph["08_ablation_style"] == ["01_attribution", "04_relation_erasure"]
     assert set(graph["99_report"]) == set(graph) - {"99_report"}
-    assert graph["00_data_and_model"] == graph["01_attribution"] == []
+    assert graph["00_data_and_model"] == []
+    assert graph["01_attribution"] == ["00_data_and_model"]  # 01 samples known facts from 00's screen
 
 
 def test_missing_input_stops_before_the_kernel_starts(tmp_path: Path) -> None:

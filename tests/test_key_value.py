@@ -163,3 +163,142 @@ def test_key_value_fact_against_direct_computations(llama, view):
     again = key_value.key_value_fact(lm, view, fact.fact_id, kns, seed=0, n_random=4)
     pd.testing.assert_frame_equal(rows, again)  # seeded
     assert key_value.key_value_fact(lm, view, fact.fact_id, [], seed=0).empty
+
+
+# ---------------------------------------------------------------- held-out prompts (prompt_split)
+
+def test_key_value_fact_ranks_heldout_prompts_and_picks_top_activation_on_selection_prompts(llama, view):
+    lm = llama
+    fact = view.facts[view.facts.relation == "P36"].iloc[0]
+    kns = [(3, 10), (1, 5)]
+    own_templates = sorted(view.prompts[view.prompts.fact_id == fact.fact_id].template_idx)
+    select = own_templates[:2]
+    rows = key_value.key_value_fact(lm, view, fact.fact_id, kns, seed=0, n_random=3, select_templates=select)
+    pool = key_value.subject_prompts(view, fact.subject, "P36", 1, kn.neurons.fact_rng(0, f"{fact.fact_id}:pool"))
+    is_sel = (pool.own & pool.template_idx.isin(select)).to_numpy()
+    is_held = (pool.own & ~pool.template_idx.isin(select)).to_numpy()
+    with kn.record_ffn(lm, layers=[1, 3]) as pa:
+        kn.answer_probs(lm, pool.prompt.tolist(), [fact.object] * len(pool))
+    # top activation: largest |mean activation| over the two selection prompts only, KNs left out
+    m3, m1 = pa[3][torch.tensor(is_sel)].mean(0).abs(), pa[1][torch.tensor(is_sel)].mean(0).abs()
+    m3[10], m1[5] = -1, -1
+    top = rows[rows.condition == "top_activation"]
+    assert set(zip(top.layer, top.neuron)) == {(3, int(m3.argmax())), (1, int(m1.argmax()))}
+    k = rows[rows.condition == "kn"]
+    a = torch.stack([pa[3][:, 10], pa[1][:, 5]], 1)  # [n_prompts, 2]
+    assert k.act_own.tolist() == pytest.approx(a[torch.tensor(is_held)].mean(0).tolist(), rel=1e-4, abs=1e-6)
+
+    def auc(x, own_rows, other_rows):
+        mine, other = x[torch.tensor(own_rows)], x[torch.tensor(other_rows)]
+        return ((mine[:, None] > other[None]).float() + 0.5 * (mine[:, None] == other[None]).float()).mean((0, 1))
+
+    other = (~pool.own).to_numpy()
+    assert k.auc_abs.tolist() == pytest.approx(auc(a.abs(), is_held, other).tolist(), abs=1e-6)  # held-out vs others
+    assert k.auc_abs_in.tolist() == pytest.approx(auc(a.abs(), is_sel, other).tolist(), abs=1e-6)  # in-sample
+    held_pool = a[torch.tensor(is_held | other)].abs()
+    assert k.top_is_own_abs.tolist() == is_held[is_held | other][held_pool.argmax(0).numpy()].tolist()
+    assert k.chance.iloc[0] == pytest.approx(is_held.sum() / (is_held | other).sum())
+    assert k.chance_in.iloc[0] == pytest.approx(2 / (2 + other.sum()))
+    assert (k.prompts == (is_held | other).sum()).all() and (k.own_prompts == is_held.sum()).all()
+    assert (k.select_prompts == 2).all()
+    # without a split the in-sample columns are empty and every own prompt is held out
+    plain = key_value.key_value_fact(lm, view, fact.fact_id, kns, seed=0, n_random=3)
+    assert plain[key_value.IN_METRICS].isna().all().all() and (plain.own_prompts == len(own_templates)).all()
+    with pytest.raises(ValueError, match="none is held out"):
+        key_value.key_value_fact(lm, view, fact.fact_id, kns, seed=0, n_random=3, select_templates=own_templates)
+
+
+def test_load_split_and_study_inputs(tmp_path):
+    assert key_value.load_split(tmp_path) is None
+    parts = pd.DataFrame({"fact_id": ["a", "a", "a", "b", "b"], "template_idx": [4, 1, 2, 0, 3],
+                          "split": ["select", "select", "heldout", "heldout", "select"]})
+    parts.to_parquet(tmp_path / "prompt_split.parquet")
+    got = key_value.load_split(tmp_path)
+    kns = {"a": [(1, 2)], "b": [(0, 1)], "c": [(3, 3)]}
+    kept, selection, left_out = key_value.study_inputs(kns, got)
+    assert kept == {"a": [(1, 2)], "b": [(0, 1)]} and selection == {"a": [1, 4], "b": [3]} and left_out == ["c"]
+    assert key_value.study_inputs(kns, None) == (kns, None, [])
+    parts.assign(split=["select", "train", "heldout", "heldout", "select"]).to_parquet(tmp_path / "prompt_split.parquet")
+    with pytest.raises(ValueError, match="'train'.*rerun notebook 01"):
+        key_value.load_split(tmp_path)
+    parts.drop(columns="split").to_parquet(tmp_path / "prompt_split.parquet")
+    with pytest.raises(ValueError, match="lacks column"):
+        key_value.load_split(tmp_path)
+
+
+# ---------------------------------------------------------------- claims: paired differences, verdicts
+
+def _per_fact(kn_top, rnd_top, top_top, relations):
+    """A per-fact table: top_is_own_abs per condition as given, every other metric a constant per condition."""
+    rows = []
+    for i, rel in enumerate(relations):
+        for cond, v in (("kn", kn_top[i]), ("random", rnd_top[i]), ("top_activation", top_top[i])):
+            rows.append({"fact_id": f"f{i}", "relation": rel, "condition": cond,
+                         **{m: 0.5 for m in key_value.METRICS + key_value.IN_METRICS}, "top_is_own_abs": v,
+                         "chance": 0.2, "promotes_signed": {"kn": 0.3, "random": 0.0, "top_activation": 0.1}[cond]})
+    return pd.DataFrame(rows)
+
+
+def test_differences_by_hand():
+    from scipy.stats import wilcoxon
+
+    kn_top, rnd = [0.9, 0.8, 0.7, 0.6, 1.0, 0.5], [0.1, 0.2, 0.1, 0.0, 0.3, 0.2]
+    top = [0.95, 0.9, 0.75, 0.7, 1.0, 0.6]  # above the KNs on every fact but one tie
+    per_fact = _per_fact(kn_top, rnd, top, ["P1", "P1", "P2", "P2", "P3", "P3"])
+    d = key_value.differences(per_fact, n_resamples=500, seed=0).set_index("key")
+    r = d.loc["top_prompt_vs_random"]
+    diffs = np.array(kn_top) - np.array(rnd)  # 0.8 0.6 0.6 0.6 0.7 0.3
+    assert r["diff"] == pytest.approx(3.6 / 6) and r.facts == 6 and r.relations == 3
+    assert r.kn == pytest.approx(4.5 / 6) and r.control_mean == pytest.approx(0.9 / 6) and r.chance == pytest.approx(0.2)
+    assert r.p == pytest.approx(wilcoxon(diffs).pvalue)
+    assert (r.ci_low, r.ci_high) == pytest.approx(kn.stats.fact_bootstrap(diffs, n_resamples=500, seed=0))
+    assert 0.3 <= r.ci_low < r["diff"] < r.ci_high <= 0.8
+    # the value claim: KN 0.3 vs random 0.0 on every fact, no spread: CI (0.3, 0.3), Wilcoxon on six equal pairs
+    v = d.loc["value_promotes_vs_random"]
+    assert (v["diff"], v.ci_low, v.ci_high) == pytest.approx((0.3, 0.3, 0.3)) and pd.isna(v.chance)
+    # Holm over the judged claims only (context rows: none), in CLAIMS order
+    judged = d[d.kind != "context"]
+    assert judged.p_holm.tolist() == pytest.approx(list(kn.stats.holm(judged.p.to_numpy())))
+    assert d[d.kind == "context"].p_holm.isna().all()
+    # metrics equal under every condition: a zero difference, p = 1
+    assert d.loc["auc_vs_random", "diff"] == 0 and d.loc["auc_vs_random", "p"] == 1
+
+
+def test_summary_rows_lead_with_their_own_number_and_use_the_vocabulary():
+    per_fact = _per_fact([0.9, 0.8, 0.7, 0.6, 1.0, 0.5], [0.1, 0.2, 0.1, 0.0, 0.3, 0.2],
+                         [0.95, 0.9, 0.75, 0.7, 1.05, 0.6], ["P1", "P1", "P2", "P2", "P3", "P3"])
+    diffs = key_value.differences(per_fact, n_resamples=300, seed=0)
+    rows = key_value.summary_rows(diffs, promote_k=100)
+    by_key = {r["key"]: r for r in rows}
+    assert [r["key"] for r in rows] == [c[0] for c in key_value.CLAIMS]
+    r = by_key["top_prompt_vs_random"]
+    assert r["ours"].startswith("+60.0 pp (6 facts, 3 relations): KNs 75.0% vs random 15.0% (chance 20.0%)")
+    assert r["verdict"] == kn.stats.REPRODUCED and r["n"] == 6 and r["relations"] == 3
+    assert kn.report.ci_text(r) == f"[{100 * r['ci'][0]:+.1f} pp, {100 * r['ci'][1]:+.1f} pp]"
+    # top-activation neurons beat the KNs on every fact by 0.05-0.1: the critique's selection effect
+    t = by_key["top_prompt_vs_top_activation"]
+    assert t["ours"].startswith("-7.5 pp (6 facts, 3 relations)") and t["verdict"] == kn.stats.SUPPORTS
+    assert by_key["top_prompt_insample_vs_random"]["verdict"] == kn.stats.CONTEXT
+    assert by_key["auc_vs_random"]["verdict"] == kn.stats.INCONCLUSIVE  # zero difference
+    assert "top 100 tokens" in by_key["value_promotes_vs_random"]["claim"]
+    # the two top-prompt claims are different numbers (the old summary repeated one row twice)
+    assert (r["ours"], r["ci"]) != (t["ours"], t["ci"])
+    assert all(row["verdict"] in kn.stats.VOCABULARY for row in rows)
+    empty = key_value.summary_rows(key_value.differences(key_value.per_fact_table(pd.DataFrame())), 100)
+    assert all((e["ours"], e["ci"], e["n"], e["relations"], e["verdict"]) == ("0 facts", None, 0, 0, "inconclusive")
+               for e in empty)
+
+
+def test_summary_passes_check_summary_with_and_without_facts():
+    per_fact = _per_fact([0.9, 0.8, 0.7], [0.1, 0.2, 0.1], [0.95, 0.9, 0.75], ["P1", "P1", "P2"])
+    table = key_value.condition_table(per_fact, n_resamples=50)
+    rows = pd.DataFrame({"condition": ["kn", "random"], "fact_id": ["f0", "f0"], "relation": ["P1", "P1"],
+                         "act_own": [0.1, -0.2], "rank_signed": [3, 400]})
+    s = key_value.summary(key_value.Tables(table, key_value.paired_tests(per_fact)),
+                          key_value.differences(per_fact, n_resamples=50), rows, n_random=3, promote_k=100)
+    assert kn.report.check_summary(s) == [] and s["headline"]["facts"] == 1
+    empty = key_value.per_fact_table(pd.DataFrame())
+    s0 = key_value.summary(key_value.Tables(key_value.condition_table(empty), key_value.paired_tests(empty)),
+                           key_value.differences(empty), pd.DataFrame(columns=key_value.ROW_COLUMNS), 3, 100)
+    assert kn.report.check_summary(s0) == [] and s0["headline"]["facts"] == 0
+    assert {r["ours"] for r in s0["rows"]} == {"0 facts"}

@@ -65,11 +65,16 @@ def test_data_notebook_numbers(smoke_results):  # the same facts for either mode
     s = report.read_json(smoke_results / "00_data_and_model" / "summary.json")
     h = s["headline"]
     assert (h["pararel_relations"], h["pararel_facts"], h["pararel_prompts"]) == (34, 27_738, 253_448)
-    assert h["probe_facts"] == 9  # 3 facts x 3 relations in params/smoke.yaml
+    assert h["screened_facts"] == 9  # 3 facts x 3 relations in params/smoke.yaml
     import pandas as pd
     pred = pd.read_parquet(smoke_results / "00_data_and_model" / "predictions.parquet")
-    assert len(pred) == h["probe_prompts"] and set(pred.relation) == {"P36", "P19", "P101"}
+    assert len(pred) == h["screened_prompts"] and set(pred.relation) == {"P36", "P19", "P101"}
     assert ((pred["rank"] >= 1) & (pred.p_answer.between(0, 1))).all()
+    assert ((pred["typed_rank"] >= 1) & (pred["typed_rank"] <= pred["rank"])).all()
+    screen = pd.read_parquet(smoke_results / "00_data_and_model" / "screen.parquet")
+    assert len(screen) == 9 and h["strict_known_facts"] == int(screen.strict_known.sum())
+    # a fact is typed-usable only where it is typed-known in a relation above chance
+    assert (screen.typed_usable == (screen.typed_known & screen.typed_above_chance)).all()
 
 
 def test_report_collects_every_notebook(smoke_results):

@@ -180,12 +180,12 @@ def test_comparison_puts_each_claim_once_with_both_models(tmp_path: Path) -> Non
                "n": 3, "verdict": "context"}
         io.atomic_write_json(root / "00_x" / "summary.json", _summary("00_x", [row]))
         io.atomic_write_json(root / "00_x" / "meta.json", {"params": {"model": model}, "git": {"commit": "abc"}})
-    only_a = {"claim": "only in a", "source": "s", "paper": "p", "ours": "9", "ci": None, "n": 1, "verdict": "v"}
+    only_a = {"claim": "only in a", "source": "s", "paper": "p", "ours": "9", "ci": None, "n": 1, "verdict": "context"}
     io.atomic_write_json(tmp_path / "a" / "01_y" / "summary.json", _summary("01_y", [only_a]))
     text = report.build_comparison({"A": tmp_path / "a", "B": tmp_path / "b"})
     table = [l for l in text.splitlines() if l.startswith("| 0")]
     assert len(table) == 2  # the model-named claim is one row, not two
-    assert "Facts usable by <model>" in table[0] and "1%" in table[0] and "2%" in table[0]
+    assert "Facts usable by the model" in table[0] and "1%" in table[0] and "2%" in table[0]
     assert "only in a" in table[1] and table[1].count(report.NOT_RUN) == 4  # b's four cells visibly missing
     assert "| |" not in text
 
@@ -198,24 +198,28 @@ def test_ci_is_shown_in_the_units_of_the_value() -> None:
 
 
 def test_main_table_shows_chosen_claims_of_every_model(tmp_path: Path) -> None:
-    rows = {"a": [_row("Accuracy of m-one on facts", [0.1, 0.2], 5), _row("Suppress lowers p", [-0.5, -0.3], 9),
-                  _row("Suppress lowers p, known facts", [-0.9, -0.7], 2)],
-            "b": [_row("Accuracy of m-two on facts", [0.3, 0.4], 6)]}
+    keyed = lambda claim, key, ci, n: {**_row(claim, ci, n), "key": key, "relations": 2}  # noqa: E731
+    rows = {"a": [keyed("Accuracy of m-one on facts", "accuracy", [0.1, 0.2], 5),
+                  keyed("Suppress lowers p", "suppress", [-0.5, -0.3], 9),
+                  keyed("Suppress lowers p, known facts", "suppress_known", [-0.9, -0.7], 2)],
+            "b": [keyed("Accuracy of m-two on facts", "accuracy", [0.3, 0.4], 6)]}
     for label, model in [("a", "m-one"), ("b", "m-two")]:
         io.atomic_write_json(tmp_path / label / "03_x" / "summary.json", _summary("03_x", rows[label]))
         io.atomic_write_json(tmp_path / label / "03_x" / "meta.json", {"params": {"model": model}})
-    picks = [["03_x", "Accuracy of <model>", ""], ["03_x", "Suppress lowers p", "Suppression"],
-             ["03_x", "Renamed claim", ""]]
+    picks = [["03_x", "accuracy", ""], ["03_x", "suppress", "Suppression"], ["03_x", "renamed_key", ""],
+             ["04_absent", "erase", "Erasure"]]
     text = report.build_main_table({"A": tmp_path / "a", "B": tmp_path / "b"}, picks)
-    table = [l for l in text.splitlines() if l.startswith("| 03_x")]
-    assert len(table) == 3
-    # one row for the model-named claim, each model's own value and CI (in percent, as "ours" is)
-    assert "Accuracy of the model on facts" in table[0]
-    assert "| 12% | [+10.0%, +20.0%], n=5 |" in table[0] and "| 12% | [+30.0%, +40.0%], n=6 |" in table[0]
-    # the first match wins (not the known-facts row); a folder without the claim says so
-    assert "| Suppression |" in table[1] and "[-50.0%, -30.0%], n=9" in table[1] and "-90.0%" not in table[1]
-    assert table[1].count(report.NOT_RUN) == 3
-    assert "Renamed claim…" in table[2] and table[2].count(report.NOT_RUN) == 7
+    table = [l for l in text.splitlines() if l.startswith("| 03_x") or l.startswith("| 04_")]
+    assert len(table) == 4
+    # picked by key: one row for both models, each model's own value, CI (in percent, as "ours" is), facts, relations
+    assert "Accuracy of m-one on facts" in table[0]
+    assert "| 12% | [+10.0%, +20.0%] | 5 facts, 2 relations | not reproduced |" in table[0]
+    assert "| 12% | [+30.0%, +40.0%] | 6 facts, 2 relations | not reproduced |" in table[0]
+    # the keyed row, not the known-facts row whose claim starts the same; b ran 03_x without that row
+    assert "| Suppression |" in table[1] and "[-50.0%, -30.0%]" in table[1] and "-90.0%" not in table[1]
+    assert table[1].count(report.NO_ROW) == 4
+    assert "(row `renamed_key`)" in table[2] and table[2].count(report.NO_ROW) == 8  # a renamed key stays visible
+    assert table[3].count(report.NOT_RUN) == 8  # a notebook neither folder ran
     for line in table:
         assert all(c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]), line
 
@@ -223,7 +227,7 @@ def test_main_table_shows_chosen_claims_of_every_model(tmp_path: Path) -> None:
 def test_report_puts_main_results_and_comparison_before_the_claims(tmp_path: Path) -> None:
     _hand_made_results(tmp_path / "a")
     _hand_made_results(tmp_path / "b")
-    picks = [["01_attribution", "gradients matter", ""]]
+    picks = [["01_attribution", "gradients", ""]]
     text = report.write_report(tmp_path / "a", {"A": tmp_path / "a", "B": tmp_path / "b", "C": tmp_path / "none"},
                                picks).read_text()
     main, side, claims = (text.index(h) for h in ("## Main results", "## Models side by side", "## Claims"))

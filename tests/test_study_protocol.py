@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from scipy.stats import wilcoxon
 
-from kn_utils import evaluation, inference
+from kn_utils import evaluation, stats as inference
 from kn_utils.attribution_cache import attribute_facts, attribution_dir
 from kn_utils.experiments import attribution as exp_attr
 from kn_utils.experiments import suppress_amplify as sa
@@ -100,7 +100,8 @@ def _effects(seed: int, n_rel: int = 4, n_fact: int = 5, n_prompt: int = 3, shif
 def test_study_table_numbers_match_independent_computations():
     effects = {"held-out": _effects(0), "in-sample": _effects(1, shift=-0.5)}
     t = sa.study_table(effects, n_bootstrap=200, seed=0)
-    assert len(t) == 8
+    # own and control prompts held-out; own only in-sample (its control prompts are the same ones)
+    assert len(t) == 6 and set(t[t.prompts == "in-sample"].target) == {"own"}
     for _, r in t.iterrows():
         part = effects[r.prompts][effects[r.prompts].target == r.target]
         col = f"p_{r.operation}"
@@ -124,18 +125,66 @@ def test_study_rows_use_the_vocabulary_and_judge_held_out_only():
     effects = {"held-out": _effects(0), "in-sample": _effects(1, shift=-0.5)}
     t = sa.study_table(effects, n_bootstrap=200, seed=0)
     rows = sa.study_rows(t, effects, margin=0.05)
-    assert len(rows) == 8
+    keys = [r["key"] for r in rows]
+    assert keys == ["suppress_heldout", "suppress_heldout_per_fact", "amplify_heldout", "amplify_heldout_per_fact",
+                    "suppress_insample", "suppress_insample_per_fact", "amplify_insample", "amplify_insample_per_fact",
+                    "unrelated_suppress", "unrelated_amplify"]
+    tt = t.set_index(["prompts", "target", "operation"])
     for r in rows:
         inference.check_label(r["verdict"])
         assert r["n"] == 20 and r["relations"] == 4
-    held = [r for r in rows if "held-out" in r["claim"]]
-    insample = [r for r in rows if "in-sample" in r["claim"]]
-    assert {r["verdict"] for r in insample} == {"context"}
-    suppress_own = next(r for r in held if r["claim"].startswith("Suppress a known"))
+        # the CI is the one of the number the row starts with
+        sample = "in-sample" if "insample" in r["key"] else "held-out"
+        target = "other" if r["key"].startswith("unrelated") else "own"
+        op = "amplify" if "amplify" in r["key"] else "suppress"
+        x = tt.loc[(sample, target, op)]
+        per_fact = r["key"].endswith("per_fact") or target == "other"
+        value, ci = (x.per_fact_mean, [x.pf_ci_low, x.pf_ci_high]) if per_fact else (x.change, [x.ci_low, x.ci_high])
+        assert r["ours"].startswith(f"{value:+.2%} (20 facts, 4 relations")
+        assert r["ci"] == ci
+    assert {r["verdict"] for r in rows if "insample" in r["key"]} == {"context"}
+    suppress_own = rows[0]
     # a ~-30% change whose CI holds the paper's -29.03%, or lies beyond/short of it
     assert suppress_own["verdict"] in inference.PAPER_LABELS and suppress_own["verdict"] != inference.NOT_REPRODUCED
-    unrelated = next(r for r in held if r["claim"].startswith("Suppress: an unrelated"))
+    assert suppress_own["verdict"] == inference.paper_claim_verdict(suppress_own["ci"][0], suppress_own["ci"], -0.2903, -1)
+    unrelated = rows[8]
     # the unrelated prompts' noise is 5% per prompt, averaged over 3: the per-fact mean is inside ±5%
     assert unrelated["verdict"] == inference.REPRODUCED
     tight = sa.study_rows(t, effects, margin=0.001)
-    assert next(r for r in tight if r["claim"].startswith("Suppress: an unrelated"))["verdict"] != inference.REPRODUCED
+    assert tight[8]["verdict"] != inference.REPRODUCED
+
+
+def test_study_rows_say_0_facts_for_an_empty_sample():
+    effects = {"held-out": _effects(0), "held-out, strict": _effects(0).iloc[:0]}
+    t = sa.study_table(effects, n_bootstrap=50, seed=0)
+    rows = {r["key"]: r for r in sa.study_rows(t, effects, margin=0.05)}
+    for op in ("suppress", "amplify"):
+        r = rows[f"{op}_heldout_strict"]
+        assert (r["ours"], r["ci"], r["n"], r["relations"], r["verdict"]) == ("0 facts", None, 0, 0, "inconclusive")
+
+
+def test_effects_with_a_split_never_measure_held_out_on_selection_prompts(llama, view, some_facts):
+    lm = llama
+    parts, _ = split_prompts(view.prompts[view.prompts.fact_id.isin(some_facts[:3])], n_select=3, seed=0)
+    neurons = pd.DataFrame({"fact_id": some_facts[:3], "relation": [view.facts.set_index("fact_id").relation[f]
+                                                                    for f in some_facts[:3]],
+                            "layer": [0, 1, 0], "neuron": [3, 5, 7]})
+    eff = sa.activation_effects(lm, view, neurons, seed=0, split=parts, progress=False)
+    samples = sa.by_sample(eff)
+    for f in some_facts[:3]:
+        sel = set(parts[(parts.fact_id == f) & (parts.split == "select")].prompt)
+        held = samples["held-out"]
+        own_held = set(held[(held.fact_id == f) & (held.target == "own")].prompt)
+        assert own_held and not own_held & sel
+        ins = samples["in-sample"]
+        assert set(ins[(ins.fact_id == f) & (ins.target == "own")].prompt) == sel
+    # control prompts are the same rows in both samples, and every prompt of each fact was scored once
+    assert eff[eff.target == "other"].split.eq("control").all()
+    own = eff[eff.target == "own"]
+    assert sorted(own.prompt) == sorted(parts.prompt)
+    # one forward per condition gives the numbers of separate evaluations
+    f = some_facts[0]
+    before = evaluation.evaluate(lm, view.bag(f), [view.facts.set_index("fact_id").object[f]] * len(view.bag(f)))
+    np.testing.assert_allclose(own[own.fact_id == f].p_before.to_numpy(), before.p_answer.to_numpy(), rtol=1e-5)
+    with pytest.raises(ValueError, match="split=parts"):
+        sa.by_sample(eff.drop(columns="split"))

@@ -2,8 +2,9 @@
 
 Usage::
 
-    facts, left_out = select_facts(pararel, None, n_facts_per_relation=2, seed=0)
-    table = attribute_all(lm, view, facts.fact_id.tolist(), cache, steps=20, method="left")
+    sf = study_facts(view, load_screen(results / "00_data_and_model"), 280, seed=0)   # known facts, split prompts
+    table = attribute_all(lm, sf.select, sf.fact_ids, cache, 20, "left", 0.1, prompts_tag=sf.prompts_tag)
+    facts, left_out = select_facts(pararel, None, n_facts_per_relation=2, seed=0)       # the paper's all-facts sample
     python -m kn_utils.experiments.attribution --params params/default.yaml --shard 0/2   # make attribute
     python -m kn_utils.experiments.attribution --params params/default.yaml --engine ray  # make attribute ENGINE=ray
 """
@@ -17,6 +18,7 @@ import pandas as pd
 
 from .. import io, stats
 from ..attribution import completeness, integrated_gradients
+from ..ig_path import completeness_vs_steps, ig_path
 from ..attribution_cache import attribute_facts
 from ..data import load_pararel
 from ..models import LanguageModel, load_model
@@ -63,6 +65,35 @@ def study_facts(view, table: pd.DataFrame, n_facts: int, seed: int, criterion: s
     parts, dropped = split_prompts(view.prompts[view.prompts.fact_id.isin(fact_ids)], n_select, seed, min_heldout)
     return StudyFacts(fact_ids, parts, dropped, drop_split(view, parts, "heldout"), drop_split(view, parts, "select"),
                       f"select{n_select}-seed{seed}")
+
+
+def load_screen(folder) -> pd.DataFrame:
+    """Notebook 00's knowledge screen (``screen.parquet`` in ``folder``), with an error that says how to make it."""
+    path = io.resolve(folder) / "screen.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run notebook 00 first (make nb NB=00_data_and_model PARAMS=...), "
+                                "or point screen_results at a folder that has it")
+    return pd.read_parquet(path)
+
+
+def study_table(sf: StudyFacts, screen_table: pd.DataFrame) -> pd.DataFrame:
+    """``study_facts.parquet``: one row per study fact (sample order) with its relation, prompt counts per
+    part and how well the model knows it (the screen's columns)."""
+    counts = sf.parts.groupby(["fact_id", "split"]).size().unstack(fill_value=0)
+    cols = ["fact_id", "relation", "n_prompts", "strict_known", "typed_known", "typed_usable", "strict_share",
+            "typed_share", "mean_p", "chance"]
+    t = screen_table.set_index("fact_id").loc[sf.fact_ids].reset_index()[cols]
+    t["n_select"] = counts.reindex(sf.fact_ids)["select"].to_numpy() if "select" in counts else 0
+    t["n_heldout"] = counts.reindex(sf.fact_ids)["heldout"].to_numpy() if "heldout" in counts else 0
+    return t
+
+
+def warn_live_norm(lm: LanguageModel, freeze_norm: bool) -> str | None:
+    """A warning when IG runs through a post-FFN norm unfrozen (Gemma 2/3): the path is then a step at alpha = 0."""
+    if lm.adapter.post_ffn_norm and not freeze_norm:
+        return (f"warning: {lm.name} has a post-FFN norm ({lm.adapter.post_ffn_norm}) and freeze_norm is off: its IG "
+                "path is a step at alpha = 0 and completeness fails (see the diagnostics below); set freeze_norm: true")
+    return None
 
 
 def fact_prompts(view, facts: pd.DataFrame) -> tuple[dict[str, int], dict[str, str]]:
@@ -143,19 +174,62 @@ def heatmap_fact(fact_ids: list[str], n_prompts: dict[str, int], p_clean: pd.Ser
     return max(eligible, key=lambda f: p_clean.get(f, 0.0))
 
 
-def mean_ig_map(lm: LanguageModel, prompts: list[str], answer: str, steps: int, method: str) -> np.ndarray:
+def mean_ig_map(lm: LanguageModel, prompts: list[str], answer: str, steps: int, method: str,
+                freeze_norm: bool = False) -> np.ndarray:
     """Dense IG scores averaged over a fact's prompts, ``[n_layers, d_ff]``."""
-    dense = integrated_gradients(lm, prompts, [answer] * len(prompts), steps=steps, method=method)  # [n_prompts, n_layers, d_ff]
+    dense = integrated_gradients(lm, prompts, [answer] * len(prompts), steps=steps, method=method,
+                                 freeze_norm=freeze_norm)  # [n_prompts, n_layers, d_ff]
     return dense.mean(0).numpy()  # [n_layers, d_ff]
 
 
-def completeness_check(lm: LanguageModel, view, fact_ids: list[str], n_prompts: int, seed: int, steps: int,
-                       method: str) -> pd.DataFrame:
-    """``completeness`` per layer on a seeded sample of ``n_prompts`` prompts of the attributed facts."""
+def probe_prompts(view, fact_ids: list[str], n_prompts: int, seed: int) -> pd.DataFrame:
+    """A seeded sample of ``n_prompts`` prompts of the attributed facts (view order)."""
     rng = np.random.default_rng(seed)
     probe = view.prompts[view.prompts.fact_id.isin(fact_ids)]
-    probe = probe.iloc[np.sort(rng.choice(len(probe), size=min(n_prompts, len(probe)), replace=False))]
-    return completeness(lm, probe.prompt.tolist(), probe.answer.tolist(), steps=steps, method=method)
+    return probe.iloc[np.sort(rng.choice(len(probe), size=min(n_prompts, len(probe)), replace=False))]
+
+
+def completeness_check(lm: LanguageModel, view, fact_ids: list[str], n_prompts: int, seed: int, steps: int,
+                       method: str, freeze_norm: bool = False) -> pd.DataFrame:
+    """``completeness`` per layer on a seeded sample of ``n_prompts`` prompts of the attributed facts."""
+    probe = probe_prompts(view, fact_ids, n_prompts, seed)
+    return completeness(lm, probe.prompt.tolist(), probe.answer.tolist(), steps=steps, method=method,
+                        freeze_norm=freeze_norm)
+
+
+def variants(lm: LanguageModel) -> dict[str, bool]:
+    """The IG variants a model has: live always; frozen post-FFN norm where the adapter has that norm."""
+    return {"live": False, **({"frozen norm": True} if lm.adapter.post_ffn_norm else {})}
+
+
+def path_diagnostics(lm: LanguageModel, probe: pd.DataFrame, layers: list[int], alphas) -> pd.DataFrame:
+    """p(answer) along the IG path of each of ``layers`` for each prompt of ``probe``, for each variant:
+    one row per (variant, prompt, layer, alpha) with ``p`` and ``p_rel = p / p(alpha = 1)``."""
+    rows = []
+    for variant, frozen in variants(lm).items():
+        for prompt, answer in zip(probe.prompt, probe.answer):
+            for layer in layers:
+                p = ig_path(lm, prompt, answer, layer, alphas, freeze_norm=frozen).double().numpy()  # [n_alphas]
+                rows += [{"variant": variant, "prompt": prompt, "layer": layer, "alpha": float(a), "p": float(v),
+                          "p_rel": float(v / p[-1]) if p[-1] > 0 else float("nan")} for a, v in zip(alphas, p)]
+    return pd.DataFrame(rows)
+
+
+def steps_diagnostics(lm: LanguageModel, probe: pd.DataFrame, steps_list: list[int], method: str) -> pd.DataFrame:
+    """The completeness gap at each m of ``steps_list`` for each variant (``ig_path.completeness_vs_steps``)."""
+    return pd.concat([completeness_vs_steps(lm, probe.prompt.tolist(), probe.answer.tolist(), steps_list,
+                                            method=method, freeze_norm=frozen).assign(variant=variant)
+                      for variant, frozen in variants(lm).items()], ignore_index=True)
+
+
+def diagnostics_table(paths: pd.DataFrame, gaps: pd.DataFrame) -> pd.DataFrame:
+    """Per variant: the median gap at each m, and p_rel at the smallest alpha > 0 (median over prompts and
+    layers; near 1 = the path is a step at alpha = 0)."""
+    first = paths[paths.alpha > 0].alpha.min()
+    step = paths[paths.alpha == first].groupby("variant")["p_rel"].median().rename(f"p_rel_at_alpha_{first:g}")
+    med = gaps.groupby(["variant", "steps"])["gap"].median().unstack("steps")
+    med.columns = [f"gap_median_m{m}" for m in med.columns]
+    return pd.concat([step, med], axis=1).reset_index().rename(columns={"index": "variant"})
 
 
 def completeness_gaps(comp: pd.DataFrame) -> tuple[float, float, int]:
@@ -165,67 +239,101 @@ def completeness_gaps(comp: pd.DataFrame) -> tuple[float, float, int]:
     return float(comp.gap.median()), float(big.gap.median()) if len(big) else float("nan"), len(big)
 
 
-def summary(fact_ids: list[str], n_prompts: dict[str, int], ig_steps: int, refined: RefinedNeurons, top: TopLayers,
-            comp: pd.DataFrame, shown: str, too_few: list[str], relations: list[str] | None, seed: int) -> dict:
-    """Notebook 01's summary.json: where the knowledge neurons sit, how many there are, and how
-    complete IG is at the paper's m."""
+def _n(facts: int, relations: int) -> str:
+    return f"{facts} facts, {relations} relations"
+
+
+def top_layer_row(top: TopLayers, neurons: pd.DataFrame, sample: str, judged: bool) -> dict:
+    """Fig. 2's claim, "mostly in the topmost layers", read as: more than half of a fact's knowledge
+    neurons in the top quarter of the layers; judged on the CI of that share against 0.5."""
+    n_f, n_r = int(len(top.per_fact)), int(neurons.relation.nunique()) if len(neurons) else 0
+    ci = list(top.ci)
+    verdict = (stats.paper_claim_verdict(top.share - 0.5, [c - 0.5 for c in ci], None, +1)
+               if judged and n_f else stats.INCONCLUSIVE if judged else stats.CONTEXT)
+    return {"claim": f"Knowledge neurons sit mostly in the topmost layers: share of a fact's knowledge neurons in "
+                     f"the top quarter of layers, above 0.5 ({sample})",
+            "source": "Dai et al. Fig. 2", "paper": "mostly top layers (BERT-base)",
+            "ours": (f"{top.share:.2f} ({_n(n_f, n_r)}; uniform placement {top.uniform:.2f})" if n_f else "0 facts"),
+            "ci": ci if n_f else None, "n": n_f, "relations": n_r, "verdict": verdict}
+
+
+def summary(study: pd.DataFrame, criterion: str, n_prompts: dict[str, int], ig_steps: int, refined: RefinedNeurons,
+            top: TopLayers, refined_all: RefinedNeurons | None, top_all: TopLayers | None, all_ids: list[str],
+            comp: pd.DataFrame, diag: pd.DataFrame, freeze_norm: bool, shown: str | None, too_few: list[str],
+            seed: int) -> dict:
+    """Notebook 01's summary.json: the study facts, where their knowledge neurons sit, how many there are,
+    the paper's all-facts sample beside them, and how complete IG is (per variant)."""
+    fact_ids = study.fact_id.tolist()
     kn_per_fact = per_fact_counts(refined.ig, fact_ids)
-    with_kn = int((kn_per_fact > 0).sum())
-    gap_median, gap_big, _ = completeness_gaps(comp)
+    with_kn = study[study.fact_id.isin(refined.ig.fact_id)]
+    strict_kn = with_kn[with_kn.strict_known.astype(bool)]
+    gap_median, gap_big, n_big = completeness_gaps(comp)
+    variant = "post-FFN norm frozen at its clean scale" if freeze_norm else "live (the paper's)"
+    rows = [
+        {"claim": f"Study facts: known facts ({criterion} criterion) with knowledge neurons picked on their selection "
+                  "prompts (strict-known subset in brackets)",
+         "source": "this study (known-fact protocol)", "paper": "n/a (the paper used all facts, in-sample)",
+         "ours": (f"{len(with_kn)} of {len(study)} sampled facts have knowledge neurons ({_n(len(with_kn), with_kn.relation.nunique())};"
+                  f" strict-known: {_n(len(strict_kn), strict_kn.relation.nunique())})"),
+         "ci": None, "n": int(len(with_kn)), "relations": int(with_kn.relation.nunique()), "verdict": stats.CONTEXT},
+        top_layer_row(top, refined.ig, f"known facts, {criterion}", judged=True),
+        {"claim": "Refinement leaves a few knowledge neurons per fact (target mean 2–5 per relation), known facts",
+         "source": "Dai et al. §3.2", "paper": "2–5 per fact by construction",
+         "ours": f"{kn_per_fact.mean():.2f} per fact ({_n(len(fact_ids), study.relation.nunique())})",
+         "ci": list(stats.fact_bootstrap(kn_per_fact.to_numpy(), seed=seed)), "n": len(fact_ids),
+         "relations": int(study.relation.nunique()), "verdict": stats.CONTEXT},
+    ]
+    if refined_all is not None and top_all is not None:
+        rows.append(top_layer_row(top_all, refined_all.ig, "the paper's protocol: sampled facts, known or not", judged=False))
+    rows.append({"claim": f"IG completeness at m={ig_steps} ({variant}): |sum of a layer's scores − Δp(layer zeroed)| / |Δp|, median",
+                 "source": "this study (IG sanity check)", "paper": "n/a",
+                 "ours": f"{gap_big:.3f} over {n_big} prompt-layer pairs with |Δp| ≥ 0.01 ({comp.prompt.nunique()} prompts); "
+                         f"{gap_median:.3f} over all {len(comp)} pairs",
+                 "ci": None, "n": int(comp.prompt.nunique()), "relations": None, "verdict": stats.CONTEXT})
+    for _, d in diag.iterrows():
+        gaps = {c.removeprefix("gap_median_m"): d[c] for c in diag.columns if c.startswith("gap_median_m")}
+        step_col = next(c for c in diag.columns if c.startswith("p_rel_at_alpha_"))
+        rows.append({"claim": f"IG path diagnostics, {d['variant']}: p(answer) relative to clean at the first alpha > 0, "
+                              "and the median completeness gap against m",
+                     "source": "this study (IG path)", "paper": "n/a",
+                     "ours": f"{d[step_col]:.3f} at alpha {step_col.removeprefix('p_rel_at_alpha_')}; gap "
+                             + ", ".join(f"m={m}: {v:.3f}" for m, v in gaps.items()),
+                     "ci": None, "n": None, "relations": None, "verdict": stats.CONTEXT})
     return {
         "notebook": "01_attribution",
         "title": "Knowledge attribution with integrated gradients",
         "claim": "Dai et al. §3.1–3.2 and Fig. 2: IG + refinement find a few knowledge neurons per fact, mostly in the top layers",
         "headline": {
-            "facts": len(fact_ids),
-            "prompts": int(sum(n_prompts.values())),
+            "criterion": criterion,
+            "study_facts": len(fact_ids),
+            "study_relations": int(study.relation.nunique()),
+            "facts_with_kn": int(len(with_kn)),
+            "relations_with_kn": int(with_kn.relation.nunique()),
+            "strict_facts_with_kn": int(len(strict_kn)),
+            "selection_prompts": int(sum(n_prompts.values())),
             "ig_steps": ig_steps,
-            "kn_per_fact_mean": float(kn_per_fact.mean()),
-            "facts_with_kn": with_kn,
+            "ig_variant": variant,
+            "kn_per_fact_mean": float(kn_per_fact.mean()) if len(kn_per_fact) else float("nan"),
             "kn_top_quarter_share": top.share,
             "uniform_top_quarter_share": top.uniform,
-            "activation_baseline_per_fact_mean": float(per_fact_counts(refined.act, fact_ids).mean()),
+            "activation_baseline_per_fact_mean": float(per_fact_counts(refined.act, fact_ids).mean()) if fact_ids else float("nan"),
+            "all_facts": len(all_ids),
+            "all_facts_with_kn": int(refined_all.ig.fact_id.nunique()) if refined_all is not None else 0,
             "completeness_gap_median": gap_median,
             "completeness_gap_median_large_delta": gap_big,
-            "heatmap_fact": shown,
-            "relations_left_out": ", ".join(too_few) if not relations else "",
+            "heatmap_fact": shown or "",
+            "relations_left_out": ", ".join(too_few),
         },
-        "rows": [
-            {
-                "claim": "Knowledge neurons sit mostly in the topmost layers (share in the top quarter of layers)",
-                "source": "Dai et al. Fig. 2",
-                "paper": "mostly top layers (BERT-base)",
-                "ours": f"{top.share:.2f} (uniform: {top.uniform:.2f})",
-                "ci": list(top.ci),
-                "n": int(len(top.per_fact)),
-                "verdict": stats.verdict_graded(top.ci[0], 0.5, top.uniform, n=len(top.per_fact)),
-            },
-            {
-                "claim": "Refinement leaves a few knowledge neurons per fact (target mean 2–5 per relation)",
-                "source": "Dai et al. §3.2",
-                "paper": "2–5 per fact by construction",
-                "ours": f"{kn_per_fact.mean():.2f} per fact; {with_kn}/{len(fact_ids)} facts have any",
-                "ci": list(stats.bootstrap_ci(kn_per_fact.to_numpy(), seed=seed)),
-                "n": len(fact_ids),
-                "verdict": stats.CONTEXT,
-            },
-            {
-                "claim": f"IG completeness at m={ig_steps}: |sum of a layer's scores − Δp(layer zeroed)| / |Δp|, median",
-                "source": "this study (IG sanity check)",
-                "paper": "n/a",
-                "ours": f"{gap_big:.3f} (layers with |Δp| ≥ 0.01), {gap_median:.3f} (all layers)",
-                "ci": None,
-                "n": int(len(comp)),
-                "verdict": stats.CONTEXT,
-            },
-        ],
-        "figures": ["kn_layer_distribution.png", "ig_heatmap.png", "completeness.png"],
+        "rows": rows,
+        "figures": ["kn_layer_distribution.png", "ig_heatmap.png", "completeness.png", "ig_path.png",
+                    "completeness_vs_steps.png"],
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m kn_utils.experiments.attribution --params params/default.yaml --shard 0/2``: compute one shard of
-    notebook 01's attributions into the cache; running notebook 01 afterwards joins all shards.
+    notebook 01's attributions (its study facts' selection prompts, then the all-facts sample) into the cache;
+    running notebook 01 afterwards joins all shards. Needs notebook 00's screen.
     ``--engine ray`` computes them as Ray tasks instead (a local cluster, or the one ``RAY_ADDRESS`` names)."""
     import argparse
 
@@ -245,12 +353,18 @@ def main(argv: list[str] | None = None) -> int:
     # With Ray the workers compute on `device`; this process only selects the facts, on the CPU.
     lm = load_model(p["model"], device="cpu" if args.engine == "ray" else device, cache_dir=model_cache)
     view, _ = load_pararel(io.resolve(p["data_dir"])).for_model(lm)
-    facts, _ = select_facts(view, p["relations"], p["n_facts_per_relation"], p["seed"], p["min_prompts"])
     ray_options = (dict(device=device, model_cache_dir=model_cache, batch_size=args.batch_size, num_cpus=args.num_cpus)
                    if args.engine == "ray" else {})
-    table = attribute_facts(lm, view, facts.fact_id.tolist(), io.resolve(p["attribution_cache"]),
-                            steps=p["ig_steps"], method=p["ig_method"], keep_ratio=p["keep_ratio"], shard=args.shard,
-                            engine=args.engine, **ray_options)
+    common = dict(steps=p["ig_steps"], method=p["ig_method"], keep_ratio=p["keep_ratio"], shard=args.shard,
+                  engine=args.engine, freeze_norm=p["freeze_norm"], **ray_options)
+    cache = io.resolve(p["attribution_cache"])
+    # the study facts (known facts, selection prompts; needs notebook 00's screen) and the paper's all-facts sample
+    screen_dir = io.resolve(p["screen_results"]) if p.get("screen_results") else io.resolve(p["results_dir"]).parent / "00_data_and_model"
+    sf = study_facts(view, load_screen(screen_dir), p["n_facts"], p["seed"], p["criterion"], p["n_select"], p["min_heldout"])
+    table = attribute_facts(lm, sf.select, sf.fact_ids, cache, prompts_tag=sf.prompts_tag, **common)
+    facts, _ = select_facts(view, p["relations"], p["all_facts_per_relation"], p["seed"], p["min_prompts"])
+    if len(facts):
+        table = pd.concat([table, attribute_facts(lm, view, facts.fact_id.tolist(), cache, **common)])
     shard = args.shard or os.environ.get("SHARD") or "all"
     print(f"{table.fact_id.nunique()} facts of shard {shard} attributed ({args.engine})")
     return 0

@@ -5,20 +5,23 @@ whose removal causes bad behavior ... would probably produce even better results
 
 Usage::
 
-    kns_all, facts = kn_facts(src, n_facts=12, seed=0)
-    sets, evals = run_facts(lm, view, kns_all, facts, cache_dir, attribution_cache)
+    split = read_split(src, view, {"n_select": 4, "seed": 0, "freeze_norm": False, "ig_steps": 20})
+    kns_all, facts = kn_facts(src, n_facts=12, seed=0, split=split)
+    sets, evals = run_facts(lm, view, kns_all, facts, cache_dir, attribution_cache, split=split)
     costs, effects = method_costs(sets, ig_steps), method_effects(evals)
     table = method_table(effects, costs, method_order(sets), reference_method(ig_steps))
     choice = cheapest_winner(table[table.variant == "matched"].set_index("method"), effects, alpha=0.05)
-    summary = summary(table, choice, sets, evals, method_overlaps(sets), reference_method(ig_steps), 2, 0.05)
+    summary(table, choice, sets, evals, effects, method_overlaps(sets), "IG m=20", 2, 0.05, 0.1, 0.05)
 """
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -38,8 +41,9 @@ from ..neurons import (
     top_by_layer,
     top_global,
 )
+from ..stats import equivalence_label, tested_verdict
+from .refinement import Split, p_text, read_split  # noqa: F401  (read_split)
 
-Neuron = tuple[int, int]
 
 def spread_sample(facts: pd.DataFrame, n: int, seed: int, by: str = "relation") -> list[str]:
     """``n`` fact ids from ``facts`` (columns ``fact_id`` and ``by``) spread over ``by``: a seeded
@@ -48,8 +52,6 @@ def spread_sample(facts: pd.DataFrame, n: int, seed: int, by: str = "relation") 
 
         spread_sample(kn_facts, 12, seed=0)
     """
-    import numpy as np
-
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     rng = np.random.default_rng(seed)
@@ -67,7 +69,7 @@ def spread_sample(facts: pd.DataFrame, n: int, seed: int, by: str = "relation") 
 def method_sets(lm: LanguageModel, prompts: list[str], answer: str, kns, ig_sparse: pd.DataFrame,
                 ig_steps: int = 20, step_variants=(1, 5, 50), ig_method: str = "left", pool_per_layer: int = 16,
                 random_draws: int = 3, seed: int = 0, key: str = "", kn_prompts: int | None = None,
-                unmatched: bool = True, batch_size: int = 64) -> pd.DataFrame:
+                unmatched: bool = True, batch_size: int = 64, freeze_norm: bool = False) -> pd.DataFrame:
     """Each method's neuron set for one fact, the same count per layer as the fact's knowledge neurons
     ``kns`` (``variant="matched"``), and optionally the same total count over all layers
     (``"unmatched"``), with what each selection cost.
@@ -75,7 +77,7 @@ def method_sets(lm: LanguageModel, prompts: list[str], answer: str, kns, ig_spar
     Scores are averaged over ``prompts`` (the fact's prompts used for selection) and the top per
     layer taken (``top_by_layer``). Methods: ``IG m=<ig_steps>`` read from ``ig_sparse`` (the cached
     sparse IG rows of this fact, ``kind == "ig"``: free here, its cost is counted but its wall time
-    is NaN), ``IG m=<m>`` for ``step_variants``, ``gradient``, ``grad×act``, ``activation``,
+    is NaN), ``IG m=<m>`` for ``step_variants`` (with ``freeze_norm`` as the cached IG), ``gradient``, ``grad×act``, ``activation``,
     ``random`` (``random_draws`` matched draws that avoid the KNs, seeded by ``seed`` and ``key``),
     ``ablation search`` (greedy, from the top ``pool_per_layer`` neurons by grad×act and the top
     ``pool_per_layer`` by |activation| of each KN layer; unmatched: ``pool_per_layer`` x KN layers of
@@ -85,9 +87,6 @@ def method_sets(lm: LanguageModel, prompts: list[str], answer: str, kns, ig_spar
 
         sets = method_sets(lm, view.bag(f)[:3], answer, kns, table[table.kind == "ig"])
     """
-    import time
-
-
     kns = as_neurons(kns)
     if not kns:
         raise ValueError("kns is empty: the methods are matched to the knowledge neurons' layer histogram")
@@ -100,7 +99,8 @@ def method_sets(lm: LanguageModel, prompts: list[str], answer: str, kns, ig_spar
     scored[f"IG m={ig_steps}"] = (cached, pass_counts("ig", n, L, ig_steps), float("nan"))
     for m in step_variants:
         t0 = time.perf_counter()
-        s = integrated_gradients(lm, prompts, answers, steps=m, method=ig_method).mean(0)  # [n_layers, d_ff]
+        s = integrated_gradients(lm, prompts, answers, steps=m, method=ig_method,
+                                 freeze_norm=freeze_norm).mean(0)  # [n_layers, d_ff]
         scored[f"IG m={m}"] = (s, pass_counts("ig", n, L, m), time.perf_counter() - t0)
     for method, label in [("gradient", "gradient"), ("grad_x_act", "grad×act"), ("activation", "activation")]:
         t0 = time.perf_counter()
@@ -146,11 +146,15 @@ def method_sets(lm: LanguageModel, prompts: list[str], answer: str, kns, ig_spar
 
 
 def evaluate_sets(lm: LanguageModel, pararel, fact_id: str, sets: pd.DataFrame, control_facts: int = 1,
-                  seed: int = 0, selection_prompts: int | None = None, batch_size: int = 64) -> pd.DataFrame:
+                  seed: int = 0, selection_prompts: int | None = None, batch_size: int = 64,
+                  heldout=None) -> pd.DataFrame:
     """Zero each neuron set of ``sets`` (rows ``method, variant, draw, layer, neuron``) at the prediction
     position and measure p(answer) on every prompt of the fact (``target="own"``; ``selection``
     marks its first ``selection_prompts`` prompts, the ones the methods saw) and of
     ``control_facts`` random facts of other relations (``"other"``, seeded by ``seed`` and the fact).
+    With ``heldout`` (notebook 01's held-out view; ``pararel`` is then its selection view) the fact's
+    prompts are its first ``selection_prompts`` selection prompts followed by its held-out
+    paraphrases, and the unrelated facts' prompts come from ``heldout``.
 
     One row per set and prompt: ``fact_id, relation, method, variant, draw, target, eval_fact, prompt,
     selection, p_before, p_after``. All sets run in one batch per prompt through ``zeroed_probs``
@@ -158,17 +162,16 @@ def evaluate_sets(lm: LanguageModel, pararel, fact_id: str, sets: pd.DataFrame, 
 
         ev = evaluate_sets(lm, view, "P36_0", method_sets(...), selection_prompts=3)
     """
-    import numpy as np
-
-
-    facts = pararel.facts.set_index("fact_id")
+    where = pararel if heldout is None else heldout
+    facts = where.facts.set_index("fact_id")
     relation = facts.relation[fact_id]
     others = facts.index[facts.relation != relation].to_numpy()
     rng = fact_rng(seed, f"control:{fact_id}")
     picks = rng.choice(others, size=min(control_facts, len(others)), replace=False) if control_facts else []
+    own = pararel.bag(fact_id) if heldout is None else pararel.bag(fact_id)[:selection_prompts] + heldout.bag(fact_id)
     meta, prompts, answers = [], [], []
     for target, f in [("own", fact_id)] + [("other", str(f)) for f in picks]:
-        for i, p in enumerate(pararel.bag(f)):
+        for i, p in enumerate(own if target == "own" else where.bag(f)):
             meta.append((target, f, i))
             prompts.append(p)
             answers.append(facts.object[f])
@@ -231,8 +234,6 @@ def method_costs(sets: pd.DataFrame, ig_steps: int = 20) -> pd.DataFrame:
 
         costs = method_costs(pd.concat(all_sets), ig_steps=20)
     """
-    import numpy as np
-
     keys = ["fact_id", "method", "variant"]
     costs = sets.groupby(keys, sort=False)[["forwards", "backwards", "units", "wall_s"]].first().reset_index()
     costs["wall_estimated"] = costs.wall_s.isna()
@@ -258,15 +259,21 @@ def method_costs(sets: pd.DataFrame, ig_steps: int = 20) -> pd.DataFrame:
 EFFECT_COLUMNS = ["own", "own_selection", "own_held_out", "other"]
 COST_COLUMNS = ["forwards", "backwards", "units", "wall_s"]
 # the columns of the matched table the notebook shows
-SHOW = ["own", "own_ci_low", "own_ci_high", "own_diff", "own_wilcoxon_p", "own_held_out", "other", "other_ci_low",
-        "other_ci_high", "units", "wall_s", "pareto"]
-# the winner is judged where the search cannot win by fitting its own selection prompts
+SHOW = ["own_held_out", "own_held_out_ci_low", "own_held_out_ci_high", "own_held_out_diff", "own_held_out_wilcoxon_p",
+        "own_selection", "other", "other_ci_low", "other_ci_high", "units", "wall_s", "pareto"]
+# every effect is judged where no method (nor 01's refinement) saw the prompts
 JUDGE = "own_held_out"
+# the reference row, the controls and the official KNs are context; the search has its own claim
+CONTEXT_METHODS = ("random", "knowledge neurons")
+SEARCH = "ablation search"
 
 CRIT_ANY = "critique: \"I suspect anything reasonable would work fine\" (the attribution method should not matter)"
 CRIT_SEARCH = ("critique: directly searching for neurons whose removal causes bad behavior \"would probably produce "
                "even better results\"")
 PAPER = {"knowledge neurons": "−37.03% (arXiv v1) / −29.03% (ACL), BERT"}
+# the equivalence label of "X suppresses as IG does" read for the critique that predicts it
+_FOR_CRITIQUE = {stats.REPRODUCED: stats.SUPPORTS, stats.NOT_REPRODUCED: stats.CONTRADICTS,
+                 stats.INCONCLUSIVE: stats.INCONCLUSIVE}
 
 
 def reference_method(ig_steps: int) -> str:
@@ -274,11 +281,12 @@ def reference_method(ig_steps: int) -> str:
     return f"IG m={ig_steps}"
 
 
-def kn_facts(src: Path, n_facts: int, seed: int) -> tuple[pd.DataFrame, list[str]]:
-    """Notebook 01's IG knowledge neurons (``src/knowledge_neurons.parquet``) and a seeded sample of
-    ``n_facts`` of their facts spread over relations (``spread_sample``)."""
-    kns_all = pd.read_parquet(src / "knowledge_neurons.parquet")
-    kns_all = kns_all[kns_all.method == "IG"]
+def kn_facts(src: Path, n_facts: int, seed: int, split: Split | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Notebook 01's IG knowledge neurons (``src/knowledge_neurons.parquet``; with a split, of its split
+    facts only) and a seeded sample of ``n_facts`` of their facts spread over relations (``spread_sample``)."""
+    kns_all = pd.read_parquet(src / "knowledge_neurons.parquet").query("method == 'IG'")
+    if split is not None and split.parts is not None:
+        kns_all = kns_all[kns_all.fact_id.isin(set(split.parts.fact_id))]
     facts = spread_sample(kns_all[["fact_id", "relation"]], n_facts, seed)
     if not facts:
         raise RuntimeError(f"no facts with IG knowledge neurons in {src / 'knowledge_neurons.parquet'}: "
@@ -289,38 +297,45 @@ def kn_facts(src: Path, n_facts: int, seed: int) -> tuple[pd.DataFrame, list[str
 def run_facts(lm: LanguageModel, view, kns_all: pd.DataFrame, facts: list[str], cache_dir, attribution_cache,
               seed: int = 0, max_prompts: int = 2, ig_steps: int = 20, ig_method: str = "left",
               keep_ratio: float = 0.1, step_variants=(1, 5, 50), pool_per_layer: int = 16, random_draws: int = 3,
-              control_facts: int = 1, unmatched: bool = True, batch_size: int = 64
-              ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every fact's method sets (``method_sets``, selected on its first ``max_prompts`` prompts) and
-    their evaluations (``evaluate_sets``), each cached per fact so an interrupted run resumes. IG at
-    ``ig_steps`` comes from notebook 01's attribution cache. Returns ``sets`` (with ``fact_id,
-    relation``) and ``evals``, the facts concatenated in order.
+              control_facts: int = 1, unmatched: bool = True, batch_size: int = 64, split: Split | None = None,
+              freeze_norm: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every fact's method sets (``method_sets``, selected on its first ``max_prompts`` selection
+    prompts) and their evaluations (``evaluate_sets``: those prompts, then 01's held-out paraphrases),
+    each cached per fact so an interrupted run resumes. IG at ``ig_steps`` comes from notebook 01's
+    attribution cache (its split's ``prompts_tag`` and ``freeze_norm``). Returns ``sets`` (with
+    ``fact_id, relation``) and ``evals``, the facts concatenated in order.
 
         sets, evals = run_facts(lm, view, kns_all, facts, ".cache/09", ".cache/attribution", max_prompts=2)
     """
+    split = split or Split(view, None, None)
+    n_select = min(len(split.select.bag(f)) for f in facts)
+    if split.heldout is not None and max_prompts > n_select:
+        raise ValueError(f"max_prompts={max_prompts} exceeds the {n_select} selection prompts 01 attributed: "
+                         "lower max_prompts to at most 01's n_select")
     settings = {"model": lm.name, "seed": seed, "max_prompts": max_prompts, "ig_steps": ig_steps,
                 "ig_method": ig_method, "keep_ratio": keep_ratio, "step_variants": list(step_variants),
                 "pool_per_layer": pool_per_layer, "random_draws": random_draws, "control_facts": control_facts,
-                "unmatched": unmatched, "version": 3}
+                "unmatched": unmatched, "prompts_tag": split.prompts_tag, "freeze_norm": freeze_norm, "version": 4}
     cache = io.item_cache(cache_dir, "09_attribution_methods", settings)
-    ig_table = attribute_facts(lm, view, facts, io.resolve(attribution_cache), steps=ig_steps, method=ig_method,
-                               keep_ratio=keep_ratio)
+    ig_table = attribute_facts(lm, split.select, facts, io.resolve(attribution_cache), steps=ig_steps,
+                               method=ig_method, keep_ratio=keep_ratio, freeze_norm=freeze_norm,
+                               prompts_tag=split.prompts_tag)
     by_id = view.facts.set_index("fact_id")
     all_sets, all_evals = [], []
     for fact_id in tqdm(facts, desc="facts"):
         kns = as_neurons(kns_all[kns_all.fact_id == fact_id])
         # the file name carries the KN set, so new notebook-01 neurons never reuse stale selections
         tag = hashlib.sha256(repr(sorted(kns)).encode()).hexdigest()[:8]
-        bag = view.bag(fact_id)
+        bag = split.select.bag(fact_id)
         sparse = ig_table[(ig_table.fact_id == fact_id) & (ig_table.kind == "ig")]
         sets = io.cached_parquet(cache / f"{fact_id}-{tag}-sets.parquet", partial(
             method_sets, lm, bag[:max_prompts], by_id.object[fact_id], kns, sparse, ig_steps=ig_steps,
             step_variants=step_variants, ig_method=ig_method, pool_per_layer=pool_per_layer,
             random_draws=random_draws, seed=seed, key=fact_id, kn_prompts=len(bag), unmatched=unmatched,
-            batch_size=batch_size))
+            batch_size=batch_size, freeze_norm=freeze_norm))
         evals = io.cached_parquet(cache / f"{fact_id}-{tag}-evals.parquet", partial(
-            evaluate_sets, lm, view, fact_id, sets, control_facts=control_facts, seed=seed,
-            selection_prompts=max_prompts, batch_size=batch_size))
+            evaluate_sets, lm, split.select, fact_id, sets, control_facts=control_facts, seed=seed,
+            selection_prompts=max_prompts, batch_size=batch_size, heldout=split.heldout))
         all_sets.append(sets.assign(fact_id=fact_id, relation=by_id.relation[fact_id]))
         all_evals.append(evals)
     return pd.concat(all_sets, ignore_index=True), pd.concat(all_evals, ignore_index=True)
@@ -335,7 +350,8 @@ def method_table(effects: pd.DataFrame, costs: pd.DataFrame, methods: list[str],
                  n_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per variant and method: each effect column's mean over facts with its CI and the paired
     comparison with ``reference`` (``stats.paired_comparison``, columns ``<effect>_diff``, ...), the
-    mean costs, and whether the method is on the cost/suppression Pareto front (``pareto``).
+    relations its facts cover, the mean costs, and whether the method is on the cost/suppression Pareto
+    front (``pareto``, on the held-out suppression).
 
         table = method_table(effects, costs, method_order(sets), "IG m=20", n_resamples=1000)
     """
@@ -346,23 +362,24 @@ def method_table(effects: pd.DataFrame, costs: pd.DataFrame, methods: list[str],
         parts = []
         for col in EFFECT_COLUMNS:
             c = stats.paired_comparison(eff, col, reference, n_resamples=n_resamples, seed=seed)
+            c["relations"] = [eff[(eff.method == m) & eff[col].notna()].relation.nunique() for m in c.method]
             parts.append(c.set_index("method").add_prefix(f"{col}_").rename(columns={f"{col}_mean": col}))
         t = pd.concat(parts, axis=1).reindex([m for m in methods if m in eff.method.unique()])
         t = t.join(cost_mean.loc[variant]).reset_index().assign(variant=variant)
-        t["pareto"] = pareto_front(t, "units", "own")
+        t["pareto"] = pareto_front(t, "units", JUDGE)
         tables.append(t)
     return pd.concat(tables, ignore_index=True)
 
 
-def _differs(r: pd.Series, alpha: float, prefix: str = "") -> bool:
-    """``stats.differs`` on a paired-comparison row's ``<prefix>diff_ci_low/high`` and ``<prefix>wilcoxon_p``."""
-    return stats.differs(r[f"{prefix}diff_ci_low"], r[f"{prefix}diff_ci_high"], r[f"{prefix}wilcoxon_p"], alpha)
+def _shown(comparison: pd.DataFrame, alpha: float) -> pd.Series:
+    """Per method of a ``stats.paired_comparison`` table: difference shown (CI excludes 0 and Holm p < alpha)."""
+    p_holm = pd.Series(stats.holm(comparison.wilcoxon_p.to_numpy(float)), index=comparison.index)
+    return ((comparison.diff_ci_low > 0) | (comparison.diff_ci_high < 0)) & (p_holm < alpha)
 
 
 @dataclass
 class Winner:
-    """Which matched method suppresses most on ``judge``, which are indistinguishable from it, and the
-    cheapest of those that beat random neurons."""
+    """The most suppressing matched method on ``judge``, its ties, and the cheapest tie that beats random."""
 
     judge: str
     best: str  # the lowest mean change on ``judge``
@@ -384,16 +401,18 @@ def cheapest_winner(matched: pd.DataFrame, effects: pd.DataFrame, alpha: float, 
                     seed: int = 0, judge: str = JUDGE) -> Winner:
     """The winner per unit of cost among the matched methods (``matched``: ``method_table``'s matched
     rows by method; the official KNs are a reference, not a contender): the cheapest of the best
-    suppressor and its ties (paired comparison cannot tell them apart) that suppresses more than
-    random neurons (the same paired rule, ``stats.differs``)."""
+    suppressor and its ties (no difference shown by ``_shown``: CI and Holm-adjusted Wilcoxon together)
+    that suppresses more than random neurons (the same rule against ``random``). Descriptive: the
+    summary's winner row is context."""
     ranked = matched.drop(index=["knowledge neurons"], errors="ignore")
     best = ranked[judge].idxmin()
     in_ranked = effects[(effects.variant == "matched") & effects.method.isin(ranked.index)]
     vs_best = stats.paired_comparison(in_ranked, judge, best, n_resamples=n_resamples, seed=seed).set_index("method")
     vs_random = stats.paired_comparison(in_ranked, judge, "random", n_resamples=n_resamples,
                                         seed=seed).set_index("method")
-    beats_random = {m: _differs(vs_random.loc[m], alpha) and vs_random.loc[m, "diff"] < 0 for m in ranked.index}
-    ties = [m for m in ranked.index if m == best or not _differs(vs_best.loc[m], alpha)]
+    shown_best, shown_random = _shown(vs_best, alpha), _shown(vs_random, alpha)
+    beats_random = {m: bool(shown_random[m] and vs_random.loc[m, "diff"] < 0) for m in ranked.index}
+    ties = [m for m in ranked.index if m == best or not shown_best[m]]
     contenders = [m for m in ties if beats_random[m]]
     winner = min(contenders, key=lambda m: (ranked.loc[m, "units"], ranked.loc[m, "wall_s"])) if contenders else None
     return Winner(judge, best, vs_best, vs_random, beats_random, ties, contenders, winner)
@@ -409,120 +428,171 @@ def jaccard_matrix(overlap: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     return overlap.groupby(["method_a", "method_b"]).jaccard.mean().unstack().reindex(index=methods, columns=methods)
 
 
-def _fmt(r: pd.Series, reference: str, col: str = "own") -> str:
-    return (f"{r[col]:+.1%} (Δ vs {reference} {r[f'{col}_diff']:+.1%}, Wilcoxon p={r[f'{col}_wilcoxon_p']:.3g}; "
-            f"{r.units:,.0f} fwd-equiv, {r.wall_s:.2f} s per fact)")
+# --------------------------------------------------------------------------- summary rows
+
+def _n(r: pd.Series, col: str) -> str:
+    return f"{int(r[f'{col}_n'])} facts, {int(r[f'{col}_relations'])} relations"
 
 
-def _verdict(matched: pd.DataFrame, method: str, reference: str, alpha: float, col: str = "own") -> str:
-    r = matched.loc[method]
-    better = r[f"{col}_diff"] < 0  # more negative = stronger suppression
-    return stats.verdict_method(method, reference, _differs(r, alpha, f"{col}_"), better)
+def _cost(r: pd.Series) -> str:
+    return f"{r.units:,.0f} fwd-equiv, {r.wall_s:.2f} s per fact"
 
 
-def suppression_rows(matched: pd.DataFrame, reference: str, alpha: float) -> list[dict]:
-    """One row per matched method: its suppression of the fact on all its prompts against ``reference``."""
+def _ci(r: pd.Series, col: str) -> list[float]:
+    return [float(r[f"{col}_ci_low"]), float(r[f"{col}_ci_high"])]
+
+def _row(claim: str, source: str, paper: str, ours: str, ci, n: int, relations: int, verdict: str, key: str,
+         p_holm: float | None = None) -> dict:
+    return {"claim": claim, "source": source, "paper": paper, "ours": ours, "ci": ci, "n": n, "relations": relations,
+            "p_holm": p_holm, "verdict": stats.check_label(verdict), "key": key}
+
+
+def _slug(method: str) -> str:
+    return method.lower().replace("×", "_x_").replace("=", "").replace(" ", "_")
+
+
+def family_tests(effects: pd.DataFrame, matched: pd.DataFrame, reference: str, margin: float,
+                 specificity_margin: float, alpha: float) -> pd.DataFrame:
+    """The tests behind the verdicts, Holm over all of them (``p_holm``; index ``method, test``): per
+    judged method, a TOST of its per-fact held-out difference from ``reference`` within ±``margin``
+    (the search: that difference's Wilcoxon p), and a TOST of the official KNs' unrelated-fact change
+    within ±``specificity_margin``."""
+    wide = effects[effects.variant == "matched"].pivot_table(index="fact_id", columns="method", values=JUDGE)
     rows = []
-    for method in matched.index:
-        r = matched.loc[method]
-        claim = CRIT_SEARCH if method == "ablation search" else CRIT_ANY
-        what = ("the official KNs themselves (IG + refinement over all prompts)" if method == "knowledge neurons"
-                else method)
-        ours = (_fmt(r, reference) if method != reference
-                else f"{r.own:+.1%} ({r.units:,.0f} fwd-equiv, {r.wall_s:.2f} s per fact, estimated)")
-        rows.append({"claim": f"Suppression of the fact (all its prompts) by {what}, same neurons per layer as the "
-                              f"KNs — {claim}",
-                     "source": "critique (shared/seed); Dai et al. §3.1", "paper": PAPER.get(method, "n/a"),
-                     "ours": ours, "ci": [float(r.own_ci_low), float(r.own_ci_high)], "n": int(r.own_n),
-                     "verdict": _verdict(matched, method, reference, alpha)})
+    for m in matched.index:
+        if m == reference or m in CONTEXT_METHODS:
+            continue
+        if m == SEARCH:
+            rows.append({"method": m, "test": "wilcoxon", "p": float(matched.loc[m, f"{JUDGE}_wilcoxon_p"])})
+        else:
+            d = (wide[m] - wide[reference]).to_numpy(float)  # [facts], NaN pairs dropped by tost
+            rows.append({"method": m, "test": "tost", "p": stats.tost(d, margin, alpha)["p"]})
+    kn = effects[(effects.variant == "matched") & (effects.method == "knowledge neurons")]
+    rows.append({"method": "knowledge neurons", "test": "tost_other",
+                 "p": stats.tost(kn.other.to_numpy(float), specificity_margin, alpha)["p"]})
+    out = pd.DataFrame(rows)
+    out["p_holm"] = stats.holm(out.p.to_numpy(float))
+    return out.set_index(["method", "test"])
+
+
+def suppression_rows(matched: pd.DataFrame, tests: pd.DataFrame, reference: str, margin: float,
+                     alpha: float) -> list[dict]:
+    """One row per matched method, on the fact's held-out paraphrases: the reference, random neurons and
+    the official KNs are context; the search is judged by ``stats.critique_verdict`` (direction −1:
+    more suppression than ``reference``) on the paired difference's CI with the Wilcoxon test after
+    Holm (``stats.tested_verdict``); every other method by equivalence to ``reference`` (TOST
+    within ±``margin`` after Holm, ``stats.equivalence_verdict`` read for the critique)."""
+    rows = []
+    for m in matched.index:
+        r = matched.loc[m]
+        what = "the official KNs themselves (IG + refinement over 01's selection prompts)" if m == "knowledge neurons" else m
+        claim = (f"Suppression of the fact (held-out paraphrases) by {what}, same neurons per layer as the KNs — "
+                 f"{CRIT_SEARCH if m == SEARCH else CRIT_ANY}")
+        head = dict(claim=claim, source="critique (shared/seed); Dai et al. §3.1", paper=PAPER.get(m, "n/a"),
+                    key=f"suppression_{_slug(m)}")
+        if not int(r[f"{JUDGE}_n"]):
+            rows.append(_row(**head, ours="0 facts", ci=None, n=0, relations=0, verdict=stats.INCONCLUSIVE))
+            continue
+        if m == reference or m in CONTEXT_METHODS:
+            rows.append(_row(**head, ours=f"{r[JUDGE]:+.1%} ({_n(r, JUDGE)}; in-sample {r.own_selection:+.1%}; "
+                                          f"{_cost(r)}{', estimated' if m == reference else ''})",
+                             ci=_ci(r, JUDGE), n=int(r[f"{JUDGE}_n"]), relations=int(r[f"{JUDGE}_relations"]),
+                             verdict=stats.CONTEXT))
+            continue
+        test = "wilcoxon" if m == SEARCH else "tost"
+        p_holm = float(tests.loc[(m, test), "p_holm"])
+        ci = [float(r[f"{JUDGE}_diff_ci_low"]), float(r[f"{JUDGE}_diff_ci_high"])]
+        verdict = (tested_verdict(stats.critique_verdict(ci, -1), p_holm, alpha) if m == SEARCH
+                   else _FOR_CRITIQUE[equivalence_label(p_holm, ci, margin, alpha)])
+        rule = "Wilcoxon" if m == SEARCH else f"TOST at ±{100 * margin:g} pp"
+        rows.append(_row(**head, ours=(f"{100 * r[f'{JUDGE}_diff']:+.1f} pp vs {reference} ({_n(r, JUDGE)}): "
+                                       f"{r[JUDGE]:+.1%} vs {matched.loc[reference, JUDGE]:+.1%}; {rule}, Holm p = "
+                                       f"{p_text(p_holm)}; in-sample {r.own_selection:+.1%}; {_cost(r)}"),
+                         ci=ci, n=int(r[f"{JUDGE}_n_paired"]), relations=int(r[f"{JUDGE}_relations"]),
+                         verdict=verdict, p_holm=p_holm))
     return rows
 
 
-def held_out_search_row(matched: pd.DataFrame, reference: str, alpha: float) -> dict:
-    """The direct search on the held-out paraphrases, where it cannot have overfitted."""
-    srch = matched.loc["ablation search"]
-    return {"claim": f"Direct search, on held-out paraphrases of the fact (not used for the search) — {CRIT_SEARCH}",
-            "source": "critique (shared/seed)", "paper": "n/a", "ours": _fmt(srch, reference, "own_held_out"),
-            "ci": [float(srch.own_held_out_ci_low), float(srch.own_held_out_ci_high)],
-            "n": int(srch.own_held_out_n), "verdict": _verdict(matched, "ablation search", reference, alpha,
-                                                               "own_held_out")}
-
-
-def specificity_rows(matched: pd.DataFrame, reference: str, alpha: float) -> list[dict]:
-    """The effect of a few methods' neurons on an unrelated fact, against ``reference``'s."""
+def specificity_rows(matched: pd.DataFrame, tests: pd.DataFrame, reference: str, margin: float,
+                     alpha: float) -> list[dict]:
+    """The effect of a few methods' neurons on an unrelated fact: the official KNs judged by the paper's
+    "barely changes" claim (TOST within ±``margin`` after Holm, ``stats.equivalence_verdict`` on the
+    per-fact CI); the others as context."""
     rows = []
-    for method in ["knowledge neurons", reference, "ablation search", "grad×act", "random"]:
-        r = matched.loc[method]
-        verdict = (stats.CONTEXT if method == reference else
-                   stats.verdict_method_specificity(method, reference, _differs(r, alpha, "other_"), r.other_diff < 0))
-        rows.append({"claim": f"Specificity: the neurons of {method} on an unrelated fact — {CRIT_ANY}",
-                     "source": "critique (shared/seed); Dai et al. §4",
-                     "paper": "−0.39%" if method == "knowledge neurons" else "n/a",
-                     "ours": f"{r.other:+.2%} (Δ vs {reference} {r.other_diff:+.2%})",
-                     "ci": [float(r.other_ci_low), float(r.other_ci_high)], "n": int(r.other_n), "verdict": verdict})
+    for m in ["knowledge neurons", reference, SEARCH, "grad×act", "random"]:
+        if m not in matched.index:
+            continue
+        r = matched.loc[m]
+        head = dict(claim=f"Specificity: the neurons of {m} on an unrelated fact — {CRIT_ANY}",
+                    source="critique (shared/seed); Dai et al. §4",
+                    paper="−0.39%" if m == "knowledge neurons" else "n/a", key=f"specificity_{_slug(m)}")
+        ours = f"{r.other:+.2%} ({_n(r, 'other')}; Δ vs {reference} {100 * r.other_diff:+.2f} pp)"
+        if m != "knowledge neurons":
+            rows.append(_row(**head, ours=ours, ci=_ci(r, "other"), n=int(r.other_n), relations=int(r.other_relations),
+                             verdict=stats.CONTEXT))
+            continue
+        p_holm = float(tests.loc[(m, "tost_other"), "p_holm"])
+        rows.append(_row(**head, ours=f"{ours}; TOST at ±{margin:.0%}, Holm p = {p_text(p_holm)}", ci=_ci(r, "other"),
+                         n=int(r.other_n), relations=int(r.other_relations),
+                         verdict=equivalence_label(p_holm, _ci(r, "other"), margin, alpha), p_holm=p_holm))
     return rows
 
 
 def winner_row(matched: pd.DataFrame, choice: Winner) -> dict:
-    """Which method wins per unit of cost on ``choice.judge``."""
+    """Which method wins per unit of cost on ``choice.judge`` (descriptive: context)."""
     winner, best, judge = choice.winner, choice.best, choice.judge
     w = matched.loc[winner or best]
-    nan = float("nan")
-    v = choice.vs_best.loc[winner] if winner else pd.Series({"n_paired": 0, "diff": nan, "diff_ci_low": nan,
-                                                             "diff_ci_high": nan, "wilcoxon_p": nan})
-    return {"claim": f"Which method wins per unit of cost (held-out paraphrases) — {CRIT_ANY}; {CRIT_SEARCH}",
-            "source": "critique (shared/seed)", "paper": "n/a",
-            "ours": f"{winner or best}: {w[judge]:+.1%} for {w.units:,.0f} fwd-equiv ({w.wall_s:.2f} s) per fact; "
-                    f"strongest: {best} ({matched.loc[best, judge]:+.1%}); not distinguishable from it: "
-                    f"{', '.join(choice.ties)}",
-            "ci": [float(w[f"{judge}_ci_low"]), float(w[f"{judge}_ci_high"])], "n": int(w[f"{judge}_n"]),
-            "verdict": stats.verdict_cheapest_method(winner, best, int(v["n_paired"]), v["diff"], v["diff_ci_low"],
-                                                     v["diff_ci_high"], v["wilcoxon_p"])}
+    ours = (f"{w[judge]:+.1%} ({_n(w, judge)}): {winner or 'no method beats random neurons; strongest'} "
+            f"{'' if winner else best} for {w.units:,.0f} fwd-equiv ({w.wall_s:.2f} s) per fact; strongest: {best} "
+            f"({matched.loc[best, judge]:+.1%}); not distinguishable from it (CI and Holm-adjusted Wilcoxon at "
+            f"the notebook's alpha): {', '.join(choice.ties)}")
+    return _row(f"Which method wins per unit of cost (held-out paraphrases) — {CRIT_ANY}; {CRIT_SEARCH}",
+                "critique (shared/seed)", "n/a", ours, _ci(w, judge), int(w[f"{judge}_n"]),
+                int(w[f"{judge}_relations"]), stats.CONTEXT, "winner_per_cost")
 
 
 def unmatched_row(table: pd.DataFrame, reference: str) -> dict:
     """The strongest method when the same total number is picked over all layers (no per-layer match)."""
     free = table[(table.variant == "unmatched") & (table.method != "random")].set_index("method")
-    top = free["own"].idxmin()
+    top = free[JUDGE].idxmin()
     r = free.loc[top]
-    return {"claim": f"Without the per-layer match (top-k over all layers), the strongest method — {CRIT_ANY}",
-            "source": "critique (shared/seed)", "paper": "n/a",
-            "ours": f"{top}: {r.own:+.1%} (Δ vs {reference} top-k {r.own_diff:+.1%}, Wilcoxon p="
-                    f"{r.own_wilcoxon_p:.3g}); unrelated facts {r.other:+.1%}; {reference} top-k "
-                    f"{free.loc[reference].own:+.1%}",
-            "ci": [float(r.own_ci_low), float(r.own_ci_high)], "n": int(r.own_n), "verdict": stats.CONTEXT}
+    return _row(f"Without the per-layer match (top-k over all layers), the strongest method — {CRIT_ANY}",
+                "critique (shared/seed)", "n/a",
+                (f"{r[JUDGE]:+.1%} ({_n(r, JUDGE)}): {top} (Δ vs {reference} top-k {100 * r[f'{JUDGE}_diff']:+.1f} pp, "
+                 f"Wilcoxon p={r[f'{JUDGE}_wilcoxon_p']:.3g}); unrelated facts {r.other:+.1%}; {reference} top-k "
+                 f"{free.loc[reference, JUDGE]:+.1%}"),
+                _ci(r, JUDGE), int(r[f"{JUDGE}_n"]), int(r[f"{JUDGE}_relations"]), stats.CONTEXT, "unmatched_strongest")
 
 
-def summary(table: pd.DataFrame, choice: Winner, sets: pd.DataFrame, evals: pd.DataFrame, overlap: pd.DataFrame,
-            reference: str, max_prompts: int, alpha: float) -> dict:
-    """Notebook 09's summary.json: every method's suppression, specificity and cost against
-    ``reference``, the search on held-out paraphrases, and the winner per unit of cost."""
+def summary(table: pd.DataFrame, choice: Winner, sets: pd.DataFrame, evals: pd.DataFrame, effects: pd.DataFrame,
+            overlap: pd.DataFrame, reference: str, max_prompts: int, alpha: float, margin: float,
+            specificity_margin: float, prompts_label: str = "01's held-out paraphrases") -> dict:
+    """Notebook 09's summary.json: every method's held-out suppression, specificity and cost against
+    ``reference`` (Holm over ``family_tests``), and the winner per unit of cost."""
     matched = table[table.variant == "matched"].set_index("method")
-    rows = [*suppression_rows(matched, reference, alpha), held_out_search_row(matched, reference, alpha),
-            *specificity_rows(matched, reference, alpha), winner_row(matched, choice)]
+    tests = family_tests(effects, matched, reference, margin, specificity_margin, alpha)
+    rows = [*suppression_rows(matched, tests, reference, margin, alpha),
+            *specificity_rows(matched, tests, reference, specificity_margin, alpha), winner_row(matched, choice)]
     if "unmatched" in table.variant.values:
         rows.append(unmatched_row(table, reference))
     pairs = overlap[(overlap.method_a == reference) & (overlap.method_b != reference)]
     jac_ref = pairs.groupby("method_b").jaccard.mean()
-    unmatched_own = table[table.variant == "unmatched"].set_index("method").own
+    unmatched_own = table[table.variant == "unmatched"].set_index("method")[JUDGE]
     return {
         "notebook": "09_attribution_methods",
         "title": "Attribution methods: IG vs cheaper scores and direct ablation search",
         "claim": "Critique: the attribution method hardly matters, and searching directly for neurons whose removal "
                  "hurts would work better",
         "headline": {
-            "facts": int(evals.fact_id.nunique()),
-            "relations": int(evals.relation.nunique()),
-            "selection_prompts_per_fact": max_prompts,
+            "facts": int(evals.fact_id.nunique()), "relations": int(evals.relation.nunique()),
+            "selection_prompts_per_fact": max_prompts, "held_out": prompts_label,
+            "equivalence_margin": margin, "specificity_margin": specificity_margin,
             "neurons_per_fact": float(sets[(sets.method == reference) & (sets.variant == "matched")]
                                       .groupby("fact_id").size().mean()),
-            "strongest_method": choice.best,
-            "winner_per_cost": choice.winner or "undecided",
-            **{f"own|{m}": float(matched.loc[m, "own"]) for m in matched.index},
-            **{f"other|{m}": float(matched.loc[m, "other"]) for m in matched.index},
-            **{f"units|{m}": float(matched.loc[m, "units"]) for m in matched.index},
-            **{f"own_held_out|{m}": float(matched.loc[m, "own_held_out"]) for m in matched.index},
-            **{f"own_unmatched|{m}": float(v) for m, v in unmatched_own.items()},
+            "strongest_method": choice.best, "winner_per_cost": choice.winner or "undecided",
+            **{f"{c}|{m}": float(matched.loc[m, c]) for c in ["own", "own_held_out", "own_selection", "other", "units"]
+               for m in matched.index},
+            **{f"own_held_out_unmatched|{m}": float(v) for m, v in unmatched_own.items()},
             **{f"jaccard_with_{reference}|{m}": float(v) for m, v in jac_ref.items()},
         },
         "rows": rows,

@@ -1,4 +1,4 @@
-"""kn_utils.inference against independent computations: exact bootstrap distributions by enumeration,
+"""kn_utils.stats (resampling, TOST, Holm, verdict vocabulary) against independent computations: exact bootstrap distributions by enumeration,
 hand-scripted resamples, TOST and Holm by hand, and the verdict rules on hand-made CIs."""
 import ast
 import math
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from kn_utils import inference as inf
+from kn_utils import stats as inf
 from kn_utils import stats
 
 # --------------------------------------------------------------------------- helpers
@@ -385,17 +385,19 @@ def test_vocabulary_and_check_label():
     assert inf.VOCABULARY == {*inf.PAPER_LABELS, *inf.CRITIQUE_LABELS, "context"}
     for label in inf.VOCABULARY:
         assert inf.check_label(label) == label
-    for bad in ["partly", "Reproduced", "KNs stronger", "reproduced ", stats.NOT_TESTABLE]:
+    for bad in ["partly", "Reproduced", "KNs stronger", "reproduced ", "not testable"]:
         with pytest.raises(ValueError, match="allowed:.*'contradicts the critique'"):
             inf.check_label(bad)
 
 
-def test_old_vocabulary_and_rules_untouched():
-    assert (stats.REPRODUCED, stats.PARTLY, stats.NOT_REPRODUCED, stats.INCONCLUSIVE, stats.CONTEXT) == (
-        "reproduced", "partly", "not reproduced", "inconclusive", "context")
-    assert stats.verdict_direction((0.1, 0.2), +1) == "reproduced"
-    # stats must not import inference (inference builds on stats)
-    tree = ast.parse(Path(stats.__file__).read_text())
-    names = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
-    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert "inference" not in names and not any(m and "inference" in m for m in modules)
+def test_a_verdict_that_asserts_a_sign_needs_the_corrected_p_when_given():
+    ci = (-0.45, -0.35)
+    assert inf.paper_claim_verdict(-0.4, ci, -0.2903, -1) == inf.STRONGER
+    assert inf.paper_claim_verdict(-0.4, ci, -0.2903, -1, p=0.01) == inf.STRONGER
+    # a CI that clears 0 while the Holm-corrected test does not: inconclusive, whatever the CI says
+    for p in (0.05, 0.5, 1.0, float("nan")):
+        assert inf.paper_claim_verdict(-0.4, ci, -0.2903, -1, p=p) == inf.INCONCLUSIVE
+        assert inf.critique_verdict((0.02, 0.09), +1, p=p) == inf.INCONCLUSIVE
+    assert inf.paper_claim_verdict(-0.4, ci, -0.2903, -1, p=0.04, alpha=0.01) == inf.INCONCLUSIVE
+    assert inf.critique_verdict((0.02, 0.09), +1, p=0.001) == inf.SUPPORTS
+    assert inf.critique_verdict((-0.09, -0.02), +1, p=0.001) == inf.CONTRADICTS
