@@ -190,22 +190,19 @@ def study_rows(table: pd.DataFrame, effects: dict[str, pd.DataFrame], margin: fl
                              "n": 0, "relations": 0, "verdict": stats.INCONCLUSIVE if judged else stats.CONTEXT})
                 continue
             r = t.loc[(sample, "own", op)]
-            ci = [float(r.ci_low), float(r.ci_high)]
-            pf_ci = [float(r.pf_ci_low), float(r.pf_ci_high)]
-            rows.append({**base, "key": f"{op}_{key}",
-                         "claim": f"{op.capitalize()} a fact's knowledge neurons: relative change of its correct "
-                                  f"probability, the paper's metric (per relation, averaged over relations), {where}",
-                         "ours": f"{r.change:+.2%} ({_n(r)}; cluster bootstrap over relations and facts)", "ci": ci,
-                         "n": int(r.facts), "relations": int(r.relations), "p_holm": float(r.p_holm),
-                         "verdict": (paper_claim_verdict(r.change, ci, PAPER_OWN[op], sign, p=r.p_holm, alpha=alpha)
-                                     if judged else stats.CONTEXT)})
-            rows.append({**base, "key": f"{op}_{key}_per_fact",
-                         "claim": f"{op.capitalize()} a fact's knowledge neurons: relative change of its correct "
-                                  f"probability, mean over facts, {where}",
-                         "ours": f"{r.per_fact_mean:+.2%} ({_n(r)}; bootstrap over facts)", "ci": pf_ci,
-                         "n": int(r.facts), "relations": int(r.relations), "p_holm": float(r.p_holm),
-                         "verdict": (paper_claim_verdict(r.per_fact_mean, pf_ci, PAPER_OWN[op], sign, p=r.p_holm, alpha=alpha)
-                                     if judged else stats.CONTEXT)})
+            # the paper's relation-averaged metric (cluster CI) and the per-fact mean (per-fact CI)
+            for suffix, metric, value, ci, how in (
+                    ("", "the paper's metric (per relation, averaged over relations)", r.change,
+                     [float(r.ci_low), float(r.ci_high)], "cluster bootstrap over relations and facts"),
+                    ("_per_fact", "mean over facts", r.per_fact_mean,
+                     [float(r.pf_ci_low), float(r.pf_ci_high)], "bootstrap over facts")):
+                rows.append({**base, "key": f"{op}_{key}{suffix}",
+                             "claim": f"{op.capitalize()} a fact's knowledge neurons: relative change of its correct "
+                                      f"probability, {metric}, {where}",
+                             "ours": f"{value:+.2%} ({_n(r)}; {how})", "ci": ci,
+                             "n": int(r.facts), "relations": int(r.relations), "p_holm": float(r.p_holm),
+                             "verdict": (paper_claim_verdict(value, ci, PAPER_OWN[op], sign, p=r.p_holm, alpha=alpha)
+                                         if judged else stats.CONTEXT)})
     if "held-out" in effects:
         part = effects["held-out"][effects["held-out"].target == "other"]
         for op, col in OPERATIONS:
