@@ -38,10 +38,10 @@ def test_memory_plan_gives_the_same_scores(lm):
     default = integrated_gradients(lm, prompts, answers, steps=6)
     bounded = integrated_gradients(lm, prompts, answers, steps=6, layer_chunk="memory")
     one = integrated_gradients(lm, prompts, answers, steps=6, layer_chunk=1)
-    if lm.adapter.grows:  # each row's arithmetic does not depend on which rows share its batch
-        assert torch.equal(default, bounded) and torch.equal(default, one)
-    else:  # GPT-2's cut stack batches rows from the chunk's lowest layer: float32 reordering only
-        assert rel_diff(bounded, default) < 1e-5 and rel_diff(one, default) < 1e-5
+    # Same arithmetic per row, but BLAS picks its blocking (and so the float32 summation order) from
+    # the batch shape, which differs between chunkings: equal up to reordering, not bit for bit
+    # (CI measured 1.5e-6 on tiny-bert, 8e-7 on tiny-llama).
+    assert rel_diff(bounded, default) < 1e-5 and rel_diff(one, default) < 1e-5
 
 
 @pytest.mark.parametrize("bad", [0, -2, "fast", 1.5])

@@ -185,9 +185,13 @@ def study_rows(table: pd.DataFrame, effects: dict[str, pd.DataFrame], margin: fl
             source = "Dai et al. §4, " + ("Fig. 3" if op == "suppress" else "Fig. 4")
             base = {"source": source, "paper": PAPER_TEXT[op]}
             if t is None or (sample, "own", op) not in t.index:
-                rows.append({**base, "key": f"{op}_{key}", "claim": f"{op.capitalize()} a fact's knowledge neurons: "
-                             f"relative change of its correct probability, {where}", "ours": "0 facts", "ci": None,
-                             "n": 0, "relations": 0, "verdict": stats.INCONCLUSIVE if judged else stats.CONTEXT})
+                # both rows of the sample, so a report that picks either key prints "0 facts"
+                for suffix, metric in (("", "the paper's metric (per relation, averaged over relations)"),
+                                       ("_per_fact", "mean over facts")):
+                    rows.append({**base, "key": f"{op}_{key}{suffix}",
+                                 "claim": f"{op.capitalize()} a fact's knowledge neurons: relative change of its "
+                                          f"correct probability, {metric}, {where}", "ours": "0 facts", "ci": None,
+                                 "n": 0, "relations": 0, "verdict": stats.INCONCLUSIVE if judged else stats.CONTEXT})
                 continue
             r = t.loc[(sample, "own", op)]
             # the paper's relation-averaged metric (cluster CI) and the per-fact mean (per-fact CI)
