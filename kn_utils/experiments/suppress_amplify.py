@@ -165,6 +165,10 @@ def _n(r) -> str:
     return f"{int(r.facts)} facts, {int(r.relations)} relations"
 
 
+# row key suffix -> the metric's wording: the paper's relation-averaged metric, then the per-fact mean
+METRICS = {"": "the paper's metric (per relation, averaged over relations)", "_per_fact": "mean over facts"}
+
+
 def study_rows(table: pd.DataFrame, effects: dict[str, pd.DataFrame], margin: float, alpha: float = 0.05) -> list[dict]:
     """Summary rows, per sample of ``SAMPLE_ROWS`` present in ``table``: the own-prompt claims, as the
     paper's relation-averaged metric (cluster CI) and as the per-fact mean (per-fact CI), judged by
@@ -186,8 +190,7 @@ def study_rows(table: pd.DataFrame, effects: dict[str, pd.DataFrame], margin: fl
             base = {"source": source, "paper": PAPER_TEXT[op]}
             if t is None or (sample, "own", op) not in t.index:
                 # both rows of the sample, so a report that picks either key prints "0 facts"
-                for suffix, metric in (("", "the paper's metric (per relation, averaged over relations)"),
-                                       ("_per_fact", "mean over facts")):
+                for suffix, metric in METRICS.items():
                     rows.append({**base, "key": f"{op}_{key}{suffix}",
                                  "claim": f"{op.capitalize()} a fact's knowledge neurons: relative change of its "
                                           f"correct probability, {metric}, {where}", "ours": "0 facts", "ci": None,
@@ -195,11 +198,9 @@ def study_rows(table: pd.DataFrame, effects: dict[str, pd.DataFrame], margin: fl
                 continue
             r = t.loc[(sample, "own", op)]
             # the paper's relation-averaged metric (cluster CI) and the per-fact mean (per-fact CI)
-            for suffix, metric, value, ci, how in (
-                    ("", "the paper's metric (per relation, averaged over relations)", r.change,
-                     [float(r.ci_low), float(r.ci_high)], "cluster bootstrap over relations and facts"),
-                    ("_per_fact", "mean over facts", r.per_fact_mean,
-                     [float(r.pf_ci_low), float(r.pf_ci_high)], "bootstrap over facts")):
+            for (suffix, metric), (value, ci, how) in zip(METRICS.items(), (
+                    (r.change, [float(r.ci_low), float(r.ci_high)], "cluster bootstrap over relations and facts"),
+                    (r.per_fact_mean, [float(r.pf_ci_low), float(r.pf_ci_high)], "bootstrap over facts"))):
                 rows.append({**base, "key": f"{op}_{key}{suffix}",
                              "claim": f"{op.capitalize()} a fact's knowledge neurons: relative change of its correct "
                                       f"probability, {metric}, {where}",
