@@ -24,6 +24,7 @@ certainly not usable.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,7 @@ from .neurons import fact_rng
 
 CRITERIA = ("typed", "strict", "all")
 SPLITS = ("select", "heldout")
+SPLIT_FILE = "prompt_split.parquet"  # notebook 01's split: view.prompts rows of its study facts + ``split``
 # tag mixed into the (seed, relation) generator so sample_known with seed s does not replay the
 # stream Pararel.sample_facts used to draw the screened facts with the same seed
 _SAMPLE_TAG = 1
@@ -288,3 +290,35 @@ def drop_split(view, parts: pd.DataFrame, drop: str):
     prompts = view.prompts[keep].reset_index(drop=True)
     facts = view.facts[view.facts.fact_id.isin(prompts.fact_id)].reset_index(drop=True)
     return dataclasses.replace(view, prompts=prompts, facts=facts)
+
+
+def read_split_file(src, view=None) -> pd.DataFrame | None:
+    """The split file (``SPLIT_FILE``) in the folder ``src`` (or at the path ``src``), checked, or None when
+    there is none (a notebook 01 that predates the split). It must have ``fact_id, template_idx, split``
+    with only the labels of ``SPLITS``; given the per-model ``view`` it was made on, its ``prompt`` column
+    must give that view's prompts for the same (fact_id, template_idx), else it belongs to another model
+    or data set. Every ValueError names the fix (rerun notebook 01).
+
+        parts = read_split_file(results / "01_attribution", view)
+        heldout = drop_split(view, parts, "select") if parts is not None else view
+    """
+    path = Path(src)
+    path = path / SPLIT_FILE if path.is_dir() else path
+    if not path.is_file():
+        return None
+    parts = pd.read_parquet(path)
+    need = ["fact_id", "template_idx", "split"] + (["prompt"] if view is not None else [])
+    missing = [c for c in need if c not in parts.columns]
+    if missing:
+        raise ValueError(f"{path} lacks the columns {missing}: rerun notebook 01, which writes "
+                         "fact_id, template_idx, prompt and split")
+    bad = sorted(set(parts.split) - set(SPLITS))
+    if bad:
+        raise ValueError(f"{path} has split labels {bad}; only 'select' and 'heldout' exist: rerun notebook 01")
+    if view is not None:
+        ours = view.prompts.set_index(["fact_id", "template_idx"]).prompt
+        key = pd.MultiIndex.from_frame(parts[["fact_id", "template_idx"]])
+        if not key.isin(ours.index).all() or (ours.reindex(key).to_numpy() != parts.prompt.to_numpy()).any():
+            raise ValueError(f"{path} holds prompts that are not this view's: it was made for another model "
+                             "or data set; rerun notebook 01 with the same model")
+    return parts

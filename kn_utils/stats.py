@@ -517,6 +517,12 @@ def verdict_matches(matches: bool) -> str:
 # --------------------------------------------------------------------------- small helpers
 
 
+def sample_text(facts, relations) -> str:
+    """The "N facts, R relations" text every row's number carries (singular where a count is 1)."""
+    facts, relations = int(facts), int(relations)
+    return f"{facts} fact{'' if facts == 1 else 's'}, {relations} relation{'' if relations == 1 else 's'}"
+
+
 def empirical_p(draws, value: float, lower_is_stronger: bool) -> float:
     """One-sided empirical p-value of ``value`` against random ``draws``: ``(1 + #draws at least as
     strong) / (n_draws + 1)``, "as strong" meaning as low (``lower_is_stronger``) or as high.

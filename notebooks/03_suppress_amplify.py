@@ -64,7 +64,7 @@ n_bootstrap = 1000
 import pandas as pd
 
 import kn_utils as kn
-from kn_utils import io, plotting
+from kn_utils import io, knowledge, plotting
 from kn_utils.experiments import suppress_amplify as exp
 
 s = kn.runner.setup_notebook(results_dir, model, device, model_cache_dir, data_dir)
@@ -72,7 +72,7 @@ out, lm, view = s.out, s.lm, s.view
 src = io.resolve(attribution_results) if attribution_results else out.parent / "01_attribution"
 neurons = pd.read_parquet(src / "knowledge_neurons.parquet")
 neurons = neurons[neurons.method == "IG"]
-parts = pd.read_parquet(src / "prompt_split.parquet")
+parts = knowledge.read_split_file(src, view)  # checked against this model's view
 study = pd.read_parquet(src / "study_facts.parquet")
 strict = set(study.fact_id[study.strict_known.astype(bool)])
 print(f"{neurons.fact_id.nunique()} study facts with knowledge neurons ({neurons.relation.nunique()} relations), "

@@ -108,14 +108,14 @@ batch_size = 32
 import pandas as pd
 
 import kn_utils as kn
-from kn_utils import io, plotting
+from kn_utils import io, knowledge, plotting
 from kn_utils.experiments import key_value as exp
 
 s = kn.runner.setup_notebook(results_dir, model, device, model_cache_dir, data_dir)
 out, lm, view = s.out, s.lm, s.view
 src = io.resolve(attribution_results) if attribution_results else out.parent / "01_attribution"
 neurons, kns_by_fact = exp.kn_facts(src)
-parts = exp.load_split(src)
+parts = knowledge.read_split_file(src, view)  # None: 01 wrote no split (every prompt held out)
 kns_by_fact, selection, left_out = exp.study_inputs(kns_by_fact, parts)
 print(exp.inputs_text(neurons, kns_by_fact, parts is not None, left_out))
 print(f"final norm: {type(lm.final_norm).__name__ if lm.final_norm is not None else 'none (the head has its own)'}")

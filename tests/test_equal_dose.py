@@ -97,9 +97,10 @@ def test_rows_judge_the_paired_difference_they_print():
     assert {k: r["verdict"] for k, r in by.items()} == want
     t = table.set_index(["target", "fraction"])
     for (target, at), r in by.items():
-        assert set(r) == {"claim", "source", "paper", "ours", "ci", "n", "relations", "p_holm", "verdict"}
+        assert set(r) == {"key", "claim", "source", "paper", "ours", "ci", "n", "relations", "p_holm", "verdict"}
         assert inference.check_label(r["verdict"]) == r["verdict"]
         x = t.loc[(target, 0.001 if at == "At 0.10" else 0.1)]
+        assert r["key"] == f"equal_dose_{target}_{x.name[1]:g}"  # not the paper's 0.02%: the dose in the key
         # the CI is the paired difference's, and "ours" opens with that difference, then n facts and relations
         assert r["ci"] == [x.ci_low, x.ci_high] and (r["n"], r["relations"], r["p_holm"]) == (5, 2, x.p_holm)
         assert r["ours"].startswith(f"{x['diff']:+.2%} (5 facts, 2 relations)")
@@ -235,7 +236,8 @@ def test_gradient_row_verdict_is_an_equivalence_test(diffs, label):
     g = rn.gradient_vs_random(hand_per_set(diffs), n_bootstrap=300, seed=0)
     row = rn.gradient_vs_random_row(g, margin=0.1)
     assert row["verdict"] == label == inference.check_label(row["verdict"])
-    assert set(row) == {"claim", "source", "paper", "ours", "ci", "n", "relations", "verdict"}
+    assert set(row) == {"key", "claim", "source", "paper", "ours", "ci", "n", "relations", "verdict"}
+    assert row["key"] == "gradient_vs_random"
     assert row["ci"] == g["ci"] and row["ours"].startswith(f"{g['mean_diff']:+.2f} ({len(diffs)} facts, 2 relations)")
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import kn_utils as kn
-
+from kn_utils import knowledge
 from kn_utils.experiments import key_value
 
 
@@ -208,22 +208,16 @@ def test_key_value_fact_ranks_heldout_prompts_and_picks_top_activation_on_select
         key_value.key_value_fact(lm, view, fact.fact_id, kns, seed=0, n_random=3, select_templates=own_templates)
 
 
-def test_load_split_and_study_inputs(tmp_path):
-    assert key_value.load_split(tmp_path) is None
+def test_study_inputs_from_the_split_file(tmp_path):
+    assert knowledge.read_split_file(tmp_path) is None
     parts = pd.DataFrame({"fact_id": ["a", "a", "a", "b", "b"], "template_idx": [4, 1, 2, 0, 3],
                           "split": ["select", "select", "heldout", "heldout", "select"]})
     parts.to_parquet(tmp_path / "prompt_split.parquet")
-    got = key_value.load_split(tmp_path)
+    got = knowledge.read_split_file(tmp_path)
     kns = {"a": [(1, 2)], "b": [(0, 1)], "c": [(3, 3)]}
     kept, selection, left_out = key_value.study_inputs(kns, got)
     assert kept == {"a": [(1, 2)], "b": [(0, 1)]} and selection == {"a": [1, 4], "b": [3]} and left_out == ["c"]
     assert key_value.study_inputs(kns, None) == (kns, None, [])
-    parts.assign(split=["select", "train", "heldout", "heldout", "select"]).to_parquet(tmp_path / "prompt_split.parquet")
-    with pytest.raises(ValueError, match="'train'.*rerun notebook 01"):
-        key_value.load_split(tmp_path)
-    parts.drop(columns="split").to_parquet(tmp_path / "prompt_split.parquet")
-    with pytest.raises(ValueError, match="lacks column"):
-        key_value.load_split(tmp_path)
 
 
 # ---------------------------------------------------------------- claims: paired differences, verdicts

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kn_utils.knowledge import (fact_knowledge, known_facts, prompt_ranks, relation_knowledge, relation_objects,
-                                sample_known, screen, split_prompts)
+                                read_split_file, sample_known, screen, split_prompts)
 from kn_utils.neurons import fact_rng
 
 RELATIONS = ["P36", "P103", "P19"]
@@ -270,3 +270,26 @@ def test_split_errors(view):
         split_prompts(prompts.drop(columns="template_idx"), 2, seed=0)
     with pytest.raises(ValueError, match="duplicated"):
         split_prompts(pd.concat([prompts, prompts.head(1)]), 2, seed=0)
+
+
+def test_split_file_round_trip_and_bad_files(view, tmp_path):
+    """01 writes ``split_prompts``' parts; every reader gets them back checked, or a ValueError naming the fix."""
+    ids = view.facts.fact_id.iloc[:5].tolist()
+    parts, _ = split_prompts(view.prompts[view.prompts.fact_id.isin(ids)], n_select=2, seed=0)
+    assert read_split_file(tmp_path, view) is None  # no file: a 01 that predates the split
+    parts.to_parquet(tmp_path / "prompt_split.parquet")
+    for src in (tmp_path, tmp_path / "prompt_split.parquet"):  # the folder or the file
+        got = read_split_file(src, view)
+        assert got.reset_index(drop=True).equals(parts.reset_index(drop=True))
+    bad = {"labels": (parts.assign(split="train"), r"\['train'\]; only 'select' and 'heldout'.*rerun notebook 01"),
+           "columns": (parts.drop(columns="split"), r"lacks the columns \['split'\]: rerun notebook 01"),
+           "prompts": (parts.assign(prompt="Someone was born in [MASK]."), "not this view's.*same model")}
+    for what, (df, match) in bad.items():
+        df.to_parquet(tmp_path / "prompt_split.parquet")
+        with pytest.raises(ValueError, match=match):
+            read_split_file(tmp_path, view)
+    # without a view the prompts are not compared, and a prompt column is not needed
+    parts.drop(columns="prompt").to_parquet(tmp_path / "prompt_split.parquet")
+    assert len(read_split_file(tmp_path)) == len(parts)
+    with pytest.raises(ValueError, match="lacks the columns \\['prompt'\\]"):
+        read_split_file(tmp_path, view)

@@ -87,3 +87,21 @@ def test_report_collects_every_notebook(smoke_results):
     for line in (l for l in text.splitlines() if l.startswith("|")):
         cells = re.split(r"(?<!\\)\|", line)[1:-1]
         assert all(c.strip() for c in cells), line
+
+
+def test_every_main_claim_names_a_row_the_notebook_writes(smoke_results):
+    """The report's main table picks rows by ``key``: a pick that matches no row shows "no such row",
+    which a renamed key or a row builder that forgets its key would leave in REPORT.md unnoticed."""
+    import jupytext
+
+    nb = jupytext.read(io.repo_root() / "notebooks" / "99_report.py")
+    params = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    scope = {}
+    exec(params, scope)  # the notebook's defaults: plain literals
+    missing = []
+    for stem, key, _ in scope["main_claims"]:
+        rows = report.read_json(smoke_results / stem / "summary.json")["rows"]
+        if not any(r.get("key") == key for r in rows):
+            missing.append(f"{stem}:{key}")
+    assert not missing, f"main_claims keys without a row in summary.json: {missing}"
+    assert "no such row" not in (smoke_results / "REPORT.md").read_text()

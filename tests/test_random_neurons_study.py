@@ -86,7 +86,8 @@ def _row(diffs, op="suppress", control="random", subset=rn.ALL, margin=0.05):
 def test_the_specificity_rule(op, diffs, label):
     r, row = _row(diffs, op)
     assert row["verdict"] == label == stats.check_label(row["verdict"])
-    assert set(row) == {"claim", "source", "paper", "ours", "ci", "n", "relations", "p_holm", "verdict"}
+    assert set(row) == {"key", "claim", "source", "paper", "ours", "ci", "n", "relations", "p_holm", "verdict"}
+    assert row["key"] == f"random_control_{op}"  # what the report's main table picks
     # "ours" opens with the mean difference (in %) that the CI belongs to, then n facts and relations
     first = float(NUMBER.match(row["ours"]).group())
     assert first == pytest.approx(100 * r["mean_diff"], abs=0.05) and row["ci"] == r["ci"]
@@ -276,9 +277,12 @@ def test_summary_from_a_tiny_llama_run(split_study, llama, tmp_path):
     assert not kn.report.check_summary(s)
     for row in s["rows"]:
         assert row["verdict"] in stats.VOCABULARY, row
-        assert {"claim", "source", "paper", "ours", "ci", "n", "relations", "verdict"} <= set(row)
-        assert re.search(r"\(\d+ facts, \d+ relations\)", row["ours"]) or row["ours"].startswith("0 facts")
+        assert {"key", "claim", "source", "paper", "ours", "ci", "n", "relations", "verdict"} <= set(row)
+        assert re.search(r"\(\d+ facts?, \d+ relations?\)", row["ours"]) or row["ours"].startswith("0 facts")
         assert NUMBER.match(row["ours"]), row["ours"]  # opens with its number
+    keys = [r["key"] for r in s["rows"]]
+    assert len(set(keys)) == len(keys) and keys[:3] == ["random_control_suppress", "random_control_amplify",
+                                                         "gradient_vs_random"]
     verdicts = [r["verdict"] for r in s["rows"][:3]]
     assert all(v in (stats.SUPPORTS, stats.CONTRADICTS, stats.INCONCLUSIVE) for v in verdicts)
     assert all(r["verdict"] == stats.CONTEXT for r in s["rows"][3:7])

@@ -125,7 +125,7 @@ def test_holm_family_adjusts_all_series_together():
 
 
 def test_row_text_helpers():
-    assert rf.sample_text(1, 1) == "1 fact, 1 relation" and rf.sample_text(12, 3) == "12 facts, 3 relations"
+    assert stats.sample_text(1, 1) == "1 fact, 1 relation" and stats.sample_text(12, 3) == "12 facts, 3 relations"
     assert rf.p_text(NAN) == "n/a" and rf.p_text(0.01234) == "0.012"
 
 

@@ -33,7 +33,7 @@ from ..ablation import ablate, pool_of, reference_activations
 from ..evaluation import evaluate, per_fact_relative_change, text_nll
 from ..neurons import as_neurons, fact_rng
 from ..stats import equivalence_label, tested_verdict
-from .refinement import holm_family, p_text, read_split, sample_text  # noqa: F401
+from .refinement import holm_family, p_text, read_split  # noqa: F401
 from .relation_erasure import (  # noqa: F401  (erasure_summary, evaluation_prompts: for the notebook)
     erasure_effects,
     erasure_summary,
@@ -274,7 +274,7 @@ def _suppression_rows(sp: pd.DataFrame, paired: pd.DataFrame, style: str, margin
         vs0 = (f"; vs zero (per-fact, unadjusted): Wilcoxon p = {p_text(pw.loc[('own', style)].p_wilcoxon)}"
                if style != "zero" and ("own", style) in pw.index else "")
         rows.append({"claim": own_claim, "source": src, "paper": paper_own,
-                     "ours": (f"{r.change:+.1%} ({sample_text(int(r.facts), int(r.relations))}); per-fact mean "
+                     "ours": (f"{r.change:+.1%} ({stats.sample_text(r.facts, r.relations)}); per-fact mean "
                               f"{r.per_fact_mean:+.1%}; Wilcoxon Holm p = {p_text(r.p_wilcoxon_holm)}{vs0}"),
                      "ci": ci, "n": int(r.facts), "relations": int(r.relations), "p_holm": float(r.p_wilcoxon_holm),
                      "verdict": tested_verdict(label, r.p_wilcoxon_holm, alpha), "key": f"suppress_{style}_own"})
@@ -285,7 +285,7 @@ def _suppression_rows(sp: pd.DataFrame, paired: pd.DataFrame, style: str, margin
         r = sp.loc[("other", style)]
         ci = [float(r.pf_ci_low), float(r.pf_ci_high)]
         rows.append({"claim": other_claim, "source": src, "paper": "−0.39% (zero)",
-                     "ours": (f"{r.per_fact_mean:+.1%} ({sample_text(int(r.facts), int(r.relations))}); TOST at ±{margin:.0%}, "
+                     "ours": (f"{r.per_fact_mean:+.1%} ({stats.sample_text(r.facts, r.relations)}); TOST at ±{margin:.0%}, "
                               f"Holm p = {p_text(r.tost_p_holm)}; relation-averaged {r.change:+.1%}"),
                      "ci": ci, "n": int(r.facts), "relations": int(r.relations), "p_holm": float(r.tost_p_holm),
                      "verdict": equivalence_label(r.tost_p_holm, ci, margin, alpha),
@@ -295,7 +295,7 @@ def _suppression_rows(sp: pd.DataFrame, paired: pd.DataFrame, style: str, margin
         rows.append({"claim": f"Suppression ({style}) on the selection prompts the neurons were picked on "
                               "(in-sample, as the paper measured)",
                      "source": src, "paper": f"{PAPER_SUPPRESS:+.2%} (zero, in-sample)",
-                     "ours": f"{r.change:+.1%} ({sample_text(int(r.facts), int(r.relations))})",
+                     "ours": f"{r.change:+.1%} ({stats.sample_text(r.facts, r.relations)})",
                      "ci": [float(r.ci_low), float(r.ci_high)], "n": int(r.facts), "relations": int(r.relations),
                      "verdict": stats.CONTEXT, "key": f"suppress_{style}_own_in_sample"})
     return rows

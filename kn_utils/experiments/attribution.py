@@ -239,10 +239,6 @@ def completeness_gaps(comp: pd.DataFrame) -> tuple[float, float, int]:
     return float(comp.gap.median()), float(big.gap.median()) if len(big) else float("nan"), len(big)
 
 
-def _n(facts: int, relations: int) -> str:
-    return f"{facts} facts, {relations} relations"
-
-
 def top_layer_row(top: TopLayers, neurons: pd.DataFrame, sample: str, judged: bool) -> dict:
     """Fig. 2's claim, "mostly in the topmost layers", read as: more than half of a fact's knowledge
     neurons in the top quarter of the layers; judged on the CI of that share against 0.5."""
@@ -253,7 +249,7 @@ def top_layer_row(top: TopLayers, neurons: pd.DataFrame, sample: str, judged: bo
     return {"claim": f"Knowledge neurons sit mostly in the topmost layers: share of a fact's knowledge neurons in "
                      f"the top quarter of layers, above 0.5 ({sample})",
             "source": "Dai et al. Fig. 2", "paper": "mostly top layers (BERT-base)",
-            "ours": (f"{top.share:.2f} ({_n(n_f, n_r)}; uniform placement {top.uniform:.2f})" if n_f else "0 facts"),
+            "ours": (f"{top.share:.2f} ({stats.sample_text(n_f, n_r)}; uniform placement {top.uniform:.2f})" if n_f else "0 facts"),
             "ci": ci if n_f else None, "n": n_f, "relations": n_r, "verdict": verdict}
 
 
@@ -273,13 +269,13 @@ def summary(study: pd.DataFrame, criterion: str, n_prompts: dict[str, int], ig_s
         {"claim": f"Study facts: known facts ({criterion} criterion) with knowledge neurons picked on their selection "
                   "prompts (strict-known subset in brackets)",
          "source": "this study (known-fact protocol)", "paper": "n/a (the paper used all facts, in-sample)",
-         "ours": (f"{len(with_kn)} of {len(study)} sampled facts have knowledge neurons ({_n(len(with_kn), with_kn.relation.nunique())};"
-                  f" strict-known: {_n(len(strict_kn), strict_kn.relation.nunique())})"),
+         "ours": (f"{len(with_kn)} of {len(study)} sampled facts have knowledge neurons ({stats.sample_text(len(with_kn), with_kn.relation.nunique())};"
+                  f" strict-known: {stats.sample_text(len(strict_kn), strict_kn.relation.nunique())})"),
          "ci": None, "n": int(len(with_kn)), "relations": int(with_kn.relation.nunique()), "verdict": stats.CONTEXT},
         top_layer_row(top, refined.ig, f"known facts, {criterion}", judged=True),
         {"claim": "Refinement leaves a few knowledge neurons per fact (target mean 2–5 per relation), known facts",
          "source": "Dai et al. §3.2", "paper": "2–5 per fact by construction",
-         "ours": f"{kn_per_fact.mean():.2f} per fact ({_n(len(fact_ids), study.relation.nunique())})",
+         "ours": f"{kn_per_fact.mean():.2f} per fact ({stats.sample_text(len(fact_ids), study.relation.nunique())})",
          "ci": list(stats.fact_bootstrap(kn_per_fact.to_numpy(), seed=seed)), "n": len(fact_ids),
          "relations": int(study.relation.nunique()), "verdict": stats.CONTEXT},
     ]

@@ -431,7 +431,7 @@ def jaccard_matrix(overlap: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
 # --------------------------------------------------------------------------- summary rows
 
 def _n(r: pd.Series, col: str) -> str:
-    return f"{int(r[f'{col}_n'])} facts, {int(r[f'{col}_relations'])} relations"
+    return stats.sample_text(r[f"{col}_n"], r[f"{col}_relations"])
 
 
 def _cost(r: pd.Series) -> str:

@@ -156,7 +156,7 @@ def summary(lm: LanguageModel, totals: dict[str, int], counts: pd.DataFrame, sc:
                 "claim": f"{lm.name} top-1 accuracy over the vocabulary (mean over screened facts of the share of their prompts)",
                 "source": "this study (knowledge screen)",
                 "paper": "n/a",
-                "ours": f"{acc.top1:.3f} ({n} facts, {n_rel} relations)",
+                "ours": f"{acc.top1:.3f} ({stats.sample_text(n, n_rel)})",
                 "ci": list(acc.top1_ci),
                 "n": n,
                 "relations": n_rel,

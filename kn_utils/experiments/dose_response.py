@@ -290,10 +290,6 @@ def _ci(lo: float, hi: float):
     return [float(lo), float(hi)] if np.isfinite(lo) and np.isfinite(hi) else None
 
 
-def _n(facts: int, relations: int) -> str:
-    return f"{int(facts)} facts, {int(relations)} relations"
-
-
 def equal_dose_rows(table: pd.DataFrame) -> list[dict]:
     """Summary rows from ``equal_dose_table``: per dose, the critique's specificity claim on other
     facts (``stats.critique_verdict(ci, +1)``: positive kn_first − random damage supports it) and
@@ -302,7 +298,9 @@ def equal_dose_rows(table: pd.DataFrame) -> list[dict]:
     paper having no random control); the fact's selection prompts as ``context``. "ours" starts with
     the paired mean difference the CI belongs to (in relative drop of p), then "(N facts, R
     relations)", the ratio of the means beside it. With fewer than two facts: no CI, inconclusive.
-    Keys: ``claim, source, paper, ours, ci, n, relations, p_holm, verdict``.
+    Fields: ``key, claim, source, paper, ours, ci, n, relations, p_holm, verdict``; the key is
+    ``equal_dose_<target>`` at the paper's dose (0.02%; the report's main table picks
+    ``equal_dose_other``), ``equal_dose_<target>_<fraction>`` at the others.
 
         rows = equal_dose_rows(equal_dose_table(doses, 1000, 0))
     """
@@ -313,7 +311,7 @@ def equal_dose_rows(table: pd.DataFrame) -> list[dict]:
             where = {"other": "other facts", "own": "the fact's own held-out prompts",
                      INSAMPLE: "the fact's own selection prompts (in-sample)"}[target]
             holm = f", Holm {r.p_holm:.2g}" if np.isfinite(r.p_holm) else ""
-            ours = (f"{r.diff:+.2%} ({_n(r.facts, r.relations)}): KN-first − random damage to {where}, per fact "
+            ours = (f"{r.diff:+.2%} ({stats.sample_text(r.facts, r.relations)}): KN-first − random damage to {where}, per fact "
                     f"({_times(r.ratio, r.random, r.ratio_ci_low, r.ratio_ci_high)}; KN-first {r.kn_first:+.2%} vs "
                     f"random {r.random:+.2%} relative drop; Wilcoxon p = {r.p_wilcoxon:.2g}{holm})")
             if target == "other":
@@ -329,7 +327,8 @@ def equal_dose_rows(table: pd.DataFrame) -> list[dict]:
                            else stats.CONTEXT)
             if ci is None and target != INSAMPLE:
                 verdict = stats.INCONCLUSIVE
-            rows.append({"claim": f"At {r.fraction:.2%} of FFN neurons ({r.n_neurons}): {claim}", "source": source,
+            key = f"equal_dose_{target}" + ("" if r.fraction == SMALL else f"_{r.fraction:g}")
+            rows.append({"key": key, "claim": f"At {r.fraction:.2%} of FFN neurons ({r.n_neurons}): {claim}", "source": source,
                          "paper": paper, "ours": ours, "ci": ci, "n": int(r.facts), "relations": int(r.relations),
                          "p_holm": float(r.p_holm) if np.isfinite(r.p_holm) else None,
                          "verdict": stats.check_label(verdict)})
@@ -394,8 +393,8 @@ def extrapolation_row(ex: dict) -> dict:
     base = {"claim": claim, "source": "critique: 'you'd have reduced the correct probability by 50x, whereas the model "
                                       "should still operate OK with 10% dropout'", "paper": "−0.39% at ~0.02%"}
     ci = _ci(*ex["ci"])
-    return {**base,
-            "ours": (f"{ex['diff']:+.1%} ({_n(ex['n'], ex['relations'])}): measured at {LARGE:.0%} {ex['measured']:+.1%} "
+    return {**base, "key": "extrapolation",
+            "ours": (f"{ex['diff']:+.1%} ({stats.sample_text(ex['n'], ex['relations'])}): measured at {LARGE:.0%} {ex['measured']:+.1%} "
                      f"(random; KN-first {ex['measured_kn_first']:+.1%}) vs predicted {ex['predicted']:+.1%} from the "
                      f"{SMALL:.2%} KN-first drop {ex['drop_small']:+.2%} compounded {ex['times']:.0f}x (linear "
                      f"{ex['predicted_linear']:+.0%}; the critique's own 0.4% compounds to {ex['critique_compound']:+.1%})"),
@@ -413,11 +412,11 @@ def dose_row(curves: pd.DataFrame, text: pd.DataFrame, base: dict, frac: float) 
     own_k, own_r = c.loc[("kn_first", frac, "own")], c.loc[("random", frac, "own")]
     oth_k, oth_r = c.loc[("kn_first", frac, "other")], c.loc[("random", frac, "other")]
     tp = text[(text.fraction == frac) & (text.corpus == "generic")].groupby("condition").ppl.mean()
-    return {"claim": f"Zeroing {frac:.2%} of FFN neurons ({int(own_k.n_neurons)}): other facts with random neurons; "
+    return {"key": f"dose_{frac:g}", "claim": f"Zeroing {frac:.2%} of FFN neurons ({int(own_k.n_neurons)}): other facts with random neurons; "
                      "own fact (held-out prompts) KNs first vs random; text perplexity",
             "source": "critique: 'larger than I'd expect for a model trained with dropout'",
             "paper": "−0.39% on other facts (~0.02%, KNs only)" if frac == SMALL else "n/a",
-            "ours": (f"{oth_r.change:+.1%} ({_n(oth_r.facts, oth_r.relations)}) other facts, random (KN-first "
+            "ours": (f"{oth_r.change:+.1%} ({stats.sample_text(oth_r.facts, oth_r.relations)}) other facts, random (KN-first "
                      f"{oth_k.change:+.1%}); own {own_k.change:+.1%} (KN-first) vs {own_r.change:+.1%} (random); "
                      f"generic-text ppl {base['generic']:.1f} → {tp.get('random', np.nan):.1f} (random)"),
             "ci": _ci(oth_r.ci_low, oth_r.ci_high), "n": int(oth_r.facts), "relations": int(oth_r.relations),

@@ -332,7 +332,7 @@ def summary_rows(per_fact: pd.DataFrame, table: pd.DataFrame, paired: pd.DataFra
         s_ci = "" if pd.isna(s.ci_low) else f" [{s.ci_low:+.1%}, {s.ci_high:+.1%}]"
         ci = _ci(g.ci_low, g.ci_high)
         rows.append(_row(f"edit_vs_{c}", claim, src, "not tested (3 examples)",
-                         f"{g['mean']:+.1%} ({int(g.facts)} facts, {int(g.relations)} relations; KNs {g.kn_mean:.1%}, "
+                         f"{g['mean']:+.1%} ({stats.sample_text(g.facts, g.relations)}; KNs {g.kn_mean:.1%}, "
                          f"{NAMES[c]} {g.control_mean:.1%}; edited prompt, in-sample: {s['mean']:+.1%}{s_ci}; "
                          f"Wilcoxon p_holm = {ph:.2g})",
                          ci, g.facts, g.relations,
@@ -354,7 +354,7 @@ def summary_rows(per_fact: pd.DataFrame, table: pd.DataFrame, paired: pd.DataFra
         test = fam.loc[("tost", "kn", m), "tost"]
         rows.append(_row(f"edit_{m}", claim, "Dai et al. §5, Table 3; critique ('probably messing up a bunch of "
                          "other stuff')",
-                         paper, fmt.format(k["mean"]) + f" ({int(k.facts)} facts, {int(k.relations)} relations; "
+                         paper, fmt.format(k["mean"]) + f" ({stats.sample_text(k.facts, k.relations)}; "
                          f"{others}; TOST p_holm = {test['p_holm']:.2g})",
                          _ci(k.ci_low, k.ci_high), k.facts, k.relations,
                          stats.equivalence_verdict(test, (k.ci_low, k.ci_high), margin)))

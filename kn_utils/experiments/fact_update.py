@@ -437,7 +437,7 @@ def _empty_row(claim: str, source: str, paper: str) -> dict:
 
 
 def _n_text(c: pd.Series) -> str:
-    return f"{int(c.facts)} facts, {int(c.relations)} relations"
+    return stats.sample_text(c.facts, c.relations)
 
 
 def _ci(c: pd.Series) -> list[float] | None:
@@ -517,7 +517,7 @@ def summary_rows(o: dict | None, family: pd.DataFrame, w2r: dict | None, lambda2
         ph = family[(family.test == "paired") & (family.metric == "success_heldout") & (family.lambda2 == lo_l)
                     & (family.lambda2_b == hi_l)].p_holm.iloc[0]
         rows.append({"claim": claim, "source": "this study", "paper": "n/a",
-                     "ours": f"{r.mean_diff:+.1%} ({int(r.facts)} facts, {o['relations']} relations; Wilcoxon "
+                     "ours": f"{r.mean_diff:+.1%} ({stats.sample_text(r.facts, o['relations'])}; Wilcoxon "
                              f"p_holm = {ph:.2g})",
                      "ci": None if pd.isna(r.ci_low) else [float(r.ci_low), float(r.ci_high)],
                      "n": int(r.facts), "relations": int(o["relations"]), "verdict": stats.CONTEXT})
@@ -589,6 +589,6 @@ def lambda2_figure(o: dict, margin: float):
     a2.axhspan(-margin, margin, color="tab:green", alpha=0.15)
     a2.set_ylabel("relative change of gold p")
     a2.set_title(f"other facts (shaded: ±{margin:.0%})", fontsize=10)
-    fig.suptitle(f"Fact updates on known facts ({o['facts']} facts, {o['relations']} relations; 95% CI over facts)")
+    fig.suptitle(f"Fact updates on known facts ({stats.sample_text(o['facts'], o['relations'])}; 95% CI over facts)")
     fig.tight_layout()
     return fig

@@ -7,7 +7,7 @@ templates, with the same ranking on the selection prompts beside it (in-sample, 
 Usage::
 
     neurons, kns_by_fact = kn_facts(src)
-    kns_by_fact, selection, left_out = study_inputs(kns_by_fact, load_split(src))
+    kns_by_fact, selection, left_out = study_inputs(kns_by_fact, knowledge.read_split_file(src, view))
     rows = run_facts(lm, view, neurons, kns_by_fact, cache_dir, seed=0, selection=selection)
     per_fact = per_fact_table(rows)
     tables = Tables(condition_table(per_fact), paired_tests(per_fact))
@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import io, stats
+from .. import io, knowledge, stats
 from ..attribution import neuron_scores
 from ..lens import lens_table
 from ..neurons import fact_rng, matched_random, top_matched
@@ -167,29 +167,13 @@ def kn_facts(src: Path) -> tuple[pd.DataFrame, dict[str, list[tuple[int, int]]]]
     return neurons, {f: list(zip(g.layer, g.neuron)) for f, g in neurons.groupby("fact_id", sort=False)}
 
 
-def load_split(src: Path) -> pd.DataFrame | None:
-    """Notebook 01's ``prompt_split.parquet`` (the study facts' prompts with ``split`` "select" /
-    "heldout"), or None when 01 wrote none (then every prompt counts as held out)."""
-    path = Path(src) / "prompt_split.parquet"
-    if not path.is_file():
-        return None
-    parts = pd.read_parquet(path)
-    missing = [c for c in ("fact_id", "template_idx", "split") if c not in parts]
-    if missing:
-        raise ValueError(f"{path} lacks column(s) {missing}; rerun notebook 01, which writes fact_id, template_idx, split")
-    bad = sorted(set(parts.split) - {"select", "heldout"})
-    if bad:
-        raise ValueError(f"{path}: split labels {bad} are not 'select' / 'heldout'; rerun notebook 01")
-    return parts
-
-
 def study_inputs(kns_by_fact: dict, parts: pd.DataFrame | None) -> tuple[dict, dict | None, list[str]]:
     """The facts 11 measures, with their selection templates: ``(kns_by_fact, selection, left_out)``.
     With a split, only the split (study) facts that have knowledge neurons, ``selection[f]`` = the
     ``template_idx`` of f's selection prompts, ``left_out`` = facts with KNs but no split (expected
     none). Without one (``parts`` None): every fact, ``selection`` None (every prompt held out).
 
-        kns_by_fact, selection, left_out = study_inputs(kns_by_fact, load_split(src))
+        kns_by_fact, selection, left_out = study_inputs(kns_by_fact, knowledge.read_split_file(src, view))
     """
     if parts is None:
         return dict(kns_by_fact), None, []
@@ -373,7 +357,7 @@ def claim_row(d, claim: str, source: str, paper: str) -> dict:
                "context": lambda: stats.CONTEXT}[d["kind"]]()
     chance = f" (chance {d['chance']:.1%})" if not pd.isna(d["chance"]) else ""
     p = f"Wilcoxon p = {d['p']:.2g}" + (f", Holm {d['p_holm']:.2g}" if not pd.isna(d["p_holm"]) else "")
-    ours = (f"{100 * d['diff']:+.1f} pp ({int(d['facts'])} facts, {int(d['relations'])} relations): KNs {d['kn']:.1%} "
+    ours = (f"{100 * d['diff']:+.1f} pp ({stats.sample_text(d['facts'], d['relations'])}): KNs {d['kn']:.1%} "
             f"vs {d['control'].replace('_', '-')} {d['control_mean']:.1%}{chance}; {p}")
     return {**base, "ours": ours, "ci": ci, "n": int(d["facts"]), "relations": int(d["relations"]), "verdict": verdict}
 

@@ -88,10 +88,10 @@ def load_study(src, lm, view) -> Study:
         raise FileNotFoundError(f"no knowledge_neurons.parquet in {src}: run notebook 01_attribution first")
     neurons = pd.read_parquet(src / "knowledge_neurons.parquet")
     neurons = neurons[neurons.method == "IG"] if "method" in neurons else neurons
-    if (src / "prompt_split.parquet").exists():
+    parts = knowledge.read_split_file(src, view)
+    if parts is not None:
         if not (src / "study_facts.parquet").exists():
             raise FileNotFoundError(f"{src} has prompt_split.parquet but no study_facts.parquet: rerun 01_attribution")
-        parts = pd.read_parquet(src / "prompt_split.parquet")
         facts = pd.read_parquet(src / "study_facts.parquet")
         missing = [c for c in STUDY_COLUMNS if c not in facts]
         if missing:
@@ -423,14 +423,18 @@ def _ci(ci):
     return [lo, hi] if np.isfinite(lo) and np.isfinite(hi) else None
 
 
-def _n(n: int, relations: int) -> str:
-    return f"{int(n)} facts, {int(relations)} relations"
-
-
-def _empty(claim: str, source: str, paper: str) -> dict:
+def _empty(key: str, claim: str, source: str, paper: str) -> dict:
     """A row without facts: "0 facts", no CI, inconclusive."""
-    return {"claim": claim, "source": source, "paper": paper, "ours": "0 facts", "ci": None, "n": 0, "relations": 0,
-            "verdict": stats.INCONCLUSIVE}
+    return {"key": key, "claim": claim, "source": source, "paper": paper, "ours": "0 facts", "ci": None, "n": 0,
+            "relations": 0, "verdict": stats.INCONCLUSIVE}
+
+
+def row_key(kind: str, operation: str, control: str, subset: str = ALL) -> str:
+    """A row's key in summary.json (the report's main table picks rows by key): ``random_control_suppress``,
+    ``top_grad_x_act_amplify``, ``gradient_vs_random`` (kind "gradient"), a ``_strict`` suffix for that subset."""
+    name = (f"gradient_vs_{control}" if kind == "gradient"
+            else f"{'random_control' if control == 'random' else control}_{operation}")
+    return name + ("" if subset == ALL else "_strict")
 
 
 def specificity_verdict(ci, tost_result: dict, margin: float, operation: str) -> str:
@@ -464,13 +468,14 @@ def control_row(result: dict, margin: float, alpha: float = 0.05, where: str = "
     claim = (f"{op.capitalize()}: knowledge neurons vs {CONTROL_LABELS[control]}, paired per fact "
              f"(KN − control relative change of p, {where}" + ("" if subset == ALL else f", {subset}") + f"){rule}")
     paper = "no control" if op == "suppress" else "no control (amplify: +31.17% own fact, KNs only)"
+    key = row_key("effect", op, control, subset)
     if not result["n"]:
-        return _empty(claim, CRITIQUE, paper)
+        return _empty(key, claim, CRITIQUE, paper)
     test = stats.tost(result["per_fact"]["diff"].to_numpy(float), margin, alpha)
     ci = _ci(result["ci"])
     verdict = specificity_verdict(result["ci"], test, margin, op) if judged else stats.CONTEXT
-    return {"claim": claim, "source": CRITIQUE, "paper": paper,
-            "ours": (f"{result['mean_diff']:+.1%} ({_n(result['n'], result['relations'])}); KNs {result['kn']:+.1%} vs "
+    return {"key": key, "claim": claim, "source": CRITIQUE, "paper": paper,
+            "ours": (f"{result['mean_diff']:+.1%} ({stats.sample_text(result['n'], result['relations'])}); KNs {result['kn']:+.1%} vs "
                      f"control {result['control_effect']:+.1%} per-fact mean; median difference {result['median_diff']:+.1%}; "
                      f"Wilcoxon p = {result['p']:.2g}, Holm {result['p_holm']:.2g}; TOST p = {test['p']:.2g} "
                      f"at ±{margin:.0%}"),
@@ -496,10 +501,9 @@ def gradient_vs_random_row(result: dict, margin: float, alpha: float = 0.05) -> 
     and is the caller's to fix before looking at the numbers; there is no default. Only random
     controls on all facts (``result["subset"]`` ALL or absent) are judged; the rest are ``context``.
 
-    Caveat for the reader: random sets change p by a fraction of a percent, KNs by ~+140% (SmolLM2), and a first-order prediction
-    is less exact for large changes whatever the neurons, so a difference here measures size as
-    well as identity; ``control="top_grad_x_act"`` (large-gradient neurons of the same layers) is the
-    comparison closer to the critique's "big gradient".
+    Caveat: random sets change p by a fraction of a percent, KNs by ~+140% (SmolLM2), and a first-order
+    prediction is less exact for large changes, so this measures size as well as identity;
+    ``control="top_grad_x_act"`` (large-gradient neurons of the same layers) is closer to the critique.
 
         row = gradient_vs_random_row(gradient_vs_random(per_set, 1000, 0), margin=0.25)
     """
@@ -511,14 +515,15 @@ def gradient_vs_random_row(result: dict, margin: float, alpha: float = 0.05) -> 
              f"observed/first-order Δp ratio, KNs − control" + ("" if subset == ALL else f", {subset}")
              + (f"; rule: equivalence within ±{margin:g} (TOST) supports the critique, a CI wholly outside "
                 "±margin contradicts it, else inconclusive" if judged else ""))
+    key = row_key("gradient", "amplify", result["control"], subset)
     if not result["n"]:
-        return _empty(claim, GRADIENT_SOURCE, "n/a")
+        return _empty(key, claim, GRADIENT_SOURCE, "n/a")
     d = result["per_fact"]["diff"].dropna().to_numpy(float)  # [facts]
     t = stats.tost(d, margin, alpha)
     verdict = _EQUIVALENCE_TO_CRITIQUE[stats.equivalence_verdict(t, result["ci"], margin)] if judged else stats.CONTEXT
     holm = f", Holm {result['p_holm']:.2g}" if "p_holm" in result else ""
-    return {"claim": claim, "source": GRADIENT_SOURCE, "paper": "n/a",
-            "ours": (f"{result['mean_diff']:+.2f} ({_n(result['n'], result['relations'])}); KNs {result['kn_ratio']:.2f}, "
+    return {"key": key, "claim": claim, "source": GRADIENT_SOURCE, "paper": "n/a",
+            "ours": (f"{result['mean_diff']:+.2f} ({stats.sample_text(result['n'], result['relations'])}); KNs {result['kn_ratio']:.2f}, "
                      f"control {result['control_ratio']:.2f} ({stat}), means over facts; median difference "
                      f"{result['median_diff']:+.2f}; Wilcoxon p = {result['p']:.2g}{holm}; TOST p = {t['p']:.2g} "
                      f"at ±{margin:g}"),
@@ -528,10 +533,11 @@ def gradient_vs_random_row(result: dict, margin: float, alpha: float = 0.05) -> 
 
 def headline_row(h: pd.Series, beats: float, where: str) -> dict:
     """Context: the paper's headline metric for the KNs (03 judges it) beside the random draws' distribution."""
-    return {"claim": f"Suppressing KNs: the paper's headline metric against its distribution over random same-layer "
+    return {"key": "suppress_headline_vs_draws",
+            "claim": f"Suppressing KNs: the paper's headline metric against its distribution over random same-layer "
                      f"draws ({where})",
             "source": "critique: no random-neuron control", "paper": "−29.03% (ACL) / −37.03% (arXiv v1), no control",
-            "ours": (f"{h.kn_headline:+.1%} ({_n(h.facts, h.relations)}); random draws {h.random_headline_mean:+.1%} "
+            "ours": (f"{h.kn_headline:+.1%} ({stats.sample_text(h.facts, h.relations)}); random draws {h.random_headline_mean:+.1%} "
                      f"(95% of draws in [{h.random_q025:+.1%}, {h.random_q975:+.1%}], KNs' empirical p = "
                      f"{h.p_vs_random_draws:.2g}); {beats:.0%} of facts beat all but 5% of their draws"),
             "ci": _ci([h.ci_low, h.ci_high]), "n": int(h.facts), "relations": int(h.relations),
@@ -539,10 +545,11 @@ def headline_row(h: pd.Series, beats: float, where: str) -> dict:
 
 
 def overlap_row(overlap: pd.Series, overlap_ci, relations: int) -> dict:
-    return {"claim": "KNs are the neurons a single gradient×activation pass ranks highest in their layers "
+    return {"key": "grad_x_act_overlap",
+            "claim": "KNs are the neurons a single gradient×activation pass ranks highest in their layers "
                      "(share of a fact's KNs found, on the prompts the KNs were picked on)",
             "source": "critique: 'the neurons just happened to have a big gradient on those inputs'", "paper": "n/a",
-            "ours": f"{overlap.mean():.0%} ({_n(len(overlap), relations)}) of a fact's KNs",
+            "ours": f"{overlap.mean():.0%} ({stats.sample_text(len(overlap), relations)}) of a fact's KNs",
             "ci": _ci(overlap_ci), "n": int(len(overlap)), "relations": int(relations), "verdict": stats.CONTEXT}
 
 

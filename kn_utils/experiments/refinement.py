@@ -72,7 +72,8 @@ def read_split(src, view, expect: dict | None = None) -> Split:
         split = read_split(out.parent / "01_attribution", view, {"n_select": 4, "seed": 0, "freeze_norm": False})
     """
     src = Path(src)
-    if not (src / "prompt_split.parquet").exists():
+    parts = knowledge.read_split_file(src, view)
+    if parts is None:
         warnings.warn(f"no prompt_split.parquet in {src}: no selection/held-out split (rerun 01_attribution)",
                       stacklevel=2)
         return Split(view, None, None)
@@ -85,7 +86,6 @@ def read_split(src, view, expect: dict | None = None) -> Split:
     if wrong:
         raise ValueError(f"these settings must equal notebook 01's ({src / 'meta.json'}), whose split and IG cache "
                          f"are read here: {'; '.join(wrong)}. Set them in this notebook's params section (or rerun 01)")
-    parts = pd.read_parquet(src / "prompt_split.parquet")
     tag = f"select{ran['n_select']}-seed{ran['seed']}" if {"n_select", "seed"} <= set(ran) else ""
     return Split(knowledge.drop_split(view, parts, "heldout"), knowledge.drop_split(view, parts, "select"), parts, tag)
 
@@ -189,11 +189,6 @@ def holm_family(*pvalues: pd.Series) -> list[pd.Series]:
     return [pd.Series(adjusted[a:b], index=s.index) for s, a, b in zip(series, ends[:-1], ends[1:])]
 
 
-def sample_text(facts: int, relations: int) -> str:
-    """The "N facts, R relations" text, singular where a count is 1."""
-    return f"{facts} fact{'' if facts == 1 else 's'}, {relations} relation{'' if relations == 1 else 's'}"
-
-
 def p_text(p: float) -> str:
     """A p-value for a row's text: two significant digits, "n/a" where no test ran (NaN)."""
     return "n/a" if p is None or np.isnan(p) else f"{p:.2g}"
@@ -220,7 +215,7 @@ def overlap_row(method: str, overlap: pd.DataFrame, tests: dict[str, dict], alph
                 "ci": None, "n": 0, "relations": 0, "p_holm": None, "verdict": stats.INCONCLUSIVE}
     label = stats.paper_claim_verdict(t["mean_diff"], (lo, hi), None, +1)
     return {**row,
-            "ours": (f"{t['mean_diff']:+.3f} shared neurons per fact pair, within − across ({sample_text(n, rel)}); within "
+            "ours": (f"{t['mean_diff']:+.3f} shared neurons per fact pair, within − across ({stats.sample_text(n, rel)}); within "
                      f"{w.mean_shared:.3f} vs across {a.mean_shared:.3f}; Wilcoxon p = {t['wilcoxon_p']:.2g}, "
                      f"Holm {t['p_holm']:.2g}"),
             "ci": [float(lo), float(hi)], "n": n, "relations": rel, "p_holm": float(t["p_holm"]),
@@ -233,7 +228,7 @@ def jaccard_row(inputs: AttributionInputs, jacc: pd.Series, jacc_ci: tuple[float
     return {"claim": "IG picks different neurons from raw activation (Jaccard of the two sets per fact)",
             "source": "Dai et al. §3.3 (baseline comparison)",
             "paper": "IG neurons differ from and beat the activation baseline",
-            "ours": f"{jacc.mean():.3f} ({sample_text(n, rel)})" if n else "0 facts (no fact has either kind of neurons)",
+            "ours": f"{jacc.mean():.3f} ({stats.sample_text(n, rel)})" if n else "0 facts (no fact has either kind of neurons)",
             "ci": [float(v) for v in jacc_ci] if n else None, "n": n, "relations": rel,
             "verdict": stats.CONTEXT, "key": "ig_vs_activation_jaccard"}
 

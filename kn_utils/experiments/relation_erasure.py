@@ -36,7 +36,7 @@ from ..evaluation import evaluate, perplexity
 from ..models import LanguageModel
 from ..neurons import as_sets, most_frequent
 from ..stats import equivalence_label, tested_verdict
-from .refinement import holm_family, p_text, sample_text
+from .refinement import holm_family, p_text
 
 SCOPES = ("erased relation", "other relations")
 
@@ -240,7 +240,7 @@ def own_row(r: pd.Series, s: pd.Series, claim: str, source: str, paper: str, key
         return {**row, "ours": "0 facts", "ci": None, "p_holm": None, "verdict": stats.INCONCLUSIVE}
     ci = [float(r.own_ci_low), float(r.own_ci_high)]
     label = stats.paper_claim_verdict(r.own_dnll, ci, None, +1)
-    return {**row, "ours": (f"{r.own_dnll:+.3f} answer ΔNLL ({sample_text(n, 1)}); perplexity {s.ppl_before:.0f}→"
+    return {**row, "ours": (f"{r.own_dnll:+.3f} answer ΔNLL ({stats.sample_text(n, 1)}); perplexity {s.ppl_before:.0f}→"
                             f"{s.ppl_after:.0f}, accuracy {r.own_acc_before:.3f}→{r.own_acc_after:.3f}; Wilcoxon "
                             f"Holm p = {p_text(r.own_p_holm)}{extra}"),
             "ci": ci, "p_holm": float(r.own_p_holm), "verdict": tested_verdict(label, r.own_p_holm, alpha)}
@@ -254,7 +254,7 @@ def others_row(r: pd.Series, s: pd.Series, claim: str, source: str, paper: str, 
     if not n:
         return {**row, "ours": "0 facts", "ci": None, "p_holm": None, "verdict": stats.INCONCLUSIVE}
     ci = [float(r.other_ci_low), float(r.other_ci_high)]
-    return {**row, "ours": (f"{r.other_dnll:+.3f} answer ΔNLL averaged over relations ({sample_text(n, rel)}); TOST at "
+    return {**row, "ours": (f"{r.other_dnll:+.3f} answer ΔNLL averaged over relations ({stats.sample_text(n, rel)}); TOST at "
                             f"±{margin:g} nats, Holm p = {p_text(r.other_tost_p_holm)}; perplexity {s.ppl_before:.0f}→"
                             f"{s.ppl_after:.0f}, accuracy Δ {r.other_acc_change:+.3f} "
                             f"[{r.other_acc_ci_low:+.3f}, {r.other_acc_ci_high:+.3f}]{extra}"),

@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 
 from ..edits import drop_shared_neurons_among_others
+from ..knowledge import SPLIT_FILE, drop_split, read_split_file
 from ..neurons import as_neurons, fact_rng
 
 Neuron = tuple[int, int]
 
-STUDY_FILES = {"neurons": "knowledge_neurons.parquet", "split": "prompt_split.parquet",
+STUDY_FILES = {"neurons": "knowledge_neurons.parquet", "split": SPLIT_FILE,
                "facts": "study_facts.parquet", "all_facts": "knowledge_neurons_all_facts.parquet"}
 FACT_COLUMNS = ["fact_id", "relation", "n_prompts", "strict_known", "typed_known", "typed_share", "mean_p"]
 
@@ -66,14 +67,10 @@ class Study:
 
     def heldout_view(self, view):
         """``view`` without the study facts' selection prompts (``knowledge.drop_split``); ``view`` itself without a split."""
-        from ..knowledge import drop_split
-
         return view if self.parts is None else drop_split(view, self.parts, "select")
 
     def select_view(self, view):
         """``view`` with only the selection prompts of split facts; ``view`` itself without a split."""
-        from ..knowledge import drop_split
-
         return view if self.parts is None else drop_split(view, self.parts, "heldout")
 
 
@@ -94,20 +91,7 @@ def load_study(src, view) -> Study:
                                 "(make nb NB=01_attribution PARAMS=...) or point attribution_results at its folder")
     missing = [name for name in STUDY_FILES.values() if not (src / name).is_file()]
     neurons = _neurons_by_fact(src / STUDY_FILES["neurons"])
-    parts = None
-    if (src / STUDY_FILES["split"]).is_file():
-        parts = pd.read_parquet(src / STUDY_FILES["split"])
-        need = {"fact_id", "template_idx", "prompt", "split"} - set(parts.columns)
-        if need:
-            raise ValueError(f"{STUDY_FILES['split']} lacks the columns {sorted(need)}")
-        bad = sorted(set(parts.split) - {"select", "heldout"})
-        if bad:
-            raise ValueError(f"{STUDY_FILES['split']} has split labels {bad}; only 'select' and 'heldout' exist")
-        ours = view.prompts.set_index(["fact_id", "template_idx"]).prompt
-        key = pd.MultiIndex.from_frame(parts[["fact_id", "template_idx"]])
-        if not key.isin(ours.index).all() or (ours.reindex(key).to_numpy() != parts.prompt.to_numpy()).any():
-            raise ValueError(f"{STUDY_FILES['split']} holds prompts that are not this view's: it was made for "
-                             "another model or data set; rerun notebook 01 with the same model")
+    parts = read_split_file(src / STUDY_FILES["split"], view)
     if (src / STUDY_FILES["facts"]).is_file():
         facts = pd.read_parquet(src / STUDY_FILES["facts"])
     else:

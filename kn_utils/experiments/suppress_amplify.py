@@ -161,10 +161,6 @@ def study_table(effects: dict[str, pd.DataFrame], n_bootstrap: int = 1000, seed:
     return table
 
 
-def _n(r) -> str:
-    return f"{int(r.facts)} facts, {int(r.relations)} relations"
-
-
 # row key suffix -> the metric's wording: the paper's relation-averaged metric, then the per-fact mean
 METRICS = {"": "the paper's metric (per relation, averaged over relations)", "_per_fact": "mean over facts"}
 
@@ -204,7 +200,7 @@ def study_rows(table: pd.DataFrame, effects: dict[str, pd.DataFrame], margin: fl
                 rows.append({**base, "key": f"{op}_{key}{suffix}",
                              "claim": f"{op.capitalize()} a fact's knowledge neurons: relative change of its correct "
                                       f"probability, {metric}, {where}",
-                             "ours": f"{value:+.2%} ({_n(r)}; {how})", "ci": ci,
+                             "ours": f"{value:+.2%} ({stats.sample_text(r.facts, r.relations)}; {how})", "ci": ci,
                              "n": int(r.facts), "relations": int(r.relations), "p_holm": float(r.p_holm),
                              "verdict": (paper_claim_verdict(value, ci, PAPER_OWN[op], sign, p=r.p_holm, alpha=alpha)
                                          if judged else stats.CONTEXT)})
@@ -222,7 +218,7 @@ def study_rows(table: pd.DataFrame, effects: dict[str, pd.DataFrame], margin: fl
             per_fact = evaluation.per_fact_relative_change(part, "p_before", col).to_numpy()
             test = tost(per_fact, margin, alpha)
             ci = [float(r.pf_ci_low), float(r.pf_ci_high)]
-            rows.append({**base, "ours": f"{r.per_fact_mean:+.2%} ({_n(r)}; TOST p = {test['p']:.3g})", "ci": ci,
+            rows.append({**base, "ours": f"{r.per_fact_mean:+.2%} ({stats.sample_text(r.facts, r.relations)}; TOST p = {test['p']:.3g})", "ci": ci,
                          "n": int(r.facts), "relations": int(r.relations), "p_tost": float(test["p"]),
                          "verdict": equivalence_verdict(test, ci, margin)})
     return rows
