@@ -135,6 +135,11 @@ def _record_block_inputs(lm: LanguageModel) -> tuple[list, contextlib.ExitStack]
     return store, stack
 
 
+def _wide(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in at least float32 for the softmax: half precision widens, float64 (the bench's ground truth) stays."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def _check_freeze(lm: LanguageModel, freeze_norm: bool) -> None:
     if freeze_norm and lm.adapter.post_ffn_norm is None:
         raise ValueError(
@@ -165,7 +170,7 @@ class _CleanRun:
             if lm.is_causal:
                 n = self.ids.shape[1]
                 if n > 1:  # keys/values of the prefix never see the patch: compute them once
-                    out = lm.model(input_ids=self.ids[:, :-1], use_cache=True)
+                    out = lm.model(input_ids=self.ids[:, :-1], use_cache=True, logits_to_keep=1)  # no logits needed
                     self.cache = out.cache
                 self.last = self.ids[:, -1:]  # [1, 1]
                 self.position = torch.tensor([[n - 1]], device=self.ids.device)  # [1, 1]
@@ -183,7 +188,7 @@ class _CleanRun:
         self.acts = torch.stack([acts[l] for l in range(lm.n_layers)])  # [n_layers, d_ff]
         self.blocks = blocks  # per layer: [1, pos, d_model] (causal: the last position only)
         self.norm_ms = norm_ms  # per layer: the post-FFN norm's mean square input there, [] (no such norm: empty)
-        self.probs = logits.float().softmax(-1)  # [vocab]
+        self.probs = _wide(logits).softmax(-1)  # [vocab]
 
     def _patch_hooks(self, patches, stack: contextlib.ExitStack, grow: bool, freeze_norm: bool = False) -> None:
         """FFN hooks writing each patch into its own rows (the last rows present at its layer when
@@ -267,7 +272,7 @@ class _CleanRun:
                 stack.enter_context(freeze_post_ffn_norm(lm, l, self.norm_ms[l], slice(None), at))
             stack.enter_context(stack_from(lm, layers[0], self.blocks[layers[0]].expand(b, -1, -1)))
             logits = self._logits(b, cache)  # [rows, vocab]
-        return logits.float().softmax(-1)[:, answer_id]  # [rows]
+        return _wide(logits).softmax(-1)[:, answer_id]  # [rows]
 
     def patched_probs(self, patches: list[tuple[int, torch.Tensor]], answer_id: int,
                       freeze_norm: bool = False) -> torch.Tensor:
@@ -317,26 +322,41 @@ class _CleanRun:
 
 def answer_prob(lm: LanguageModel, hidden: torch.Tensor, answer_id: int) -> torch.Tensor:
     """p(answer) from final hidden states ``[rows, d_model]`` through the model's head, ``[rows]``."""
-    return lm.head(hidden).float().softmax(-1)[:, answer_id]
+    return _wide(lm.head(hidden)).softmax(-1)[:, answer_id]
 
 
-HEAD_ROWS = 128  # rows per head pass in the backward: bounds the [rows, vocab] buffers
+HEAD_ROWS = ig_memory.HEAD_ROWS  # rows per head block in the backward: bounds the [rows, vocab] buffer
 
 
 def answer_prob_grad(lm: LanguageModel, hidden: torch.Tensor, answer_id: int,
                      rows: int = HEAD_ROWS) -> torch.Tensor:
     """d p(answer) / d hidden, ``[rows, d_model]``, through the head in blocks of ``rows`` rows.
 
-    The head's logits, softmax and their gradients are ``[rows, vocab]`` each (vocabularies of 50k to
-    260k tokens): computed a block at a time they never all sit in memory, and each row's numbers
-    are what one pass over all rows gives (a row's logits depend on that row alone).
+    Through the unembedding ``logits = z W^T + b`` (``lm.head_parts``) the gradient has a closed form,
+    ``d p_a / d z = p_a (W_a - p W)``: one ``[rows, vocab]`` buffer per block, turned into the softmax
+    in place, where autograd would hold the logits, the softmax and two gradients of that size. Any
+    transform before the unembedding (BERT's dense + LayerNorm) is backpropagated by autograd. A row's
+    numbers depend on that row alone, so the blocks only bound memory.
     """
-    out = []
+    transform, out = lm.head_parts()
+    w = out.weight  # [vocab, d_in]
+    grads = []
     for s in range(0, hidden.shape[0], rows):
-        h = hidden[s:s + rows].detach().requires_grad_(True)  # [block, d_model]
-        (g,) = torch.autograd.grad(answer_prob(lm, h, answer_id).sum(), h)
-        out.append(g)
-    return torch.cat(out) if out else torch.zeros_like(hidden)
+        h = hidden[s:s + rows].detach().requires_grad_(transform is not None)  # [block, d_model]
+        with torch.enable_grad() if transform is not None else contextlib.nullcontext():
+            z = transform(h) if transform is not None else h  # [block, d_in]
+        with torch.no_grad():
+            p = torch.nn.functional.linear(z, w, out.bias)  # [block, vocab] logits
+            p = _wide(p)
+            p = p.sub_(p.amax(-1, keepdim=True)).exp_()
+            p = p.div_(p.sum(-1, keepdim=True))  # softmax, in place
+            p_a = p[:, answer_id].clone()  # [block]
+            g = (w[answer_id] - p.to(w.dtype) @ w) * p_a[:, None].to(w.dtype)  # [block, d_in]
+            del p
+        if transform is not None:
+            (g,) = torch.autograd.grad(z, h, grad_outputs=g)  # [block, d_model]
+        grads.append(g)
+    return torch.cat(grads) if grads else torch.zeros_like(hidden)
 
 
 def _check(lm: LanguageModel, prompts, answers, layers):
@@ -442,7 +462,7 @@ def integrated_gradients_reference(lm: LanguageModel, prompts: list[str], answer
                 freeze = (freeze_post_ffn_norm(lm, l, norm_ms[l], slice(None), at) if freeze_norm
                           else contextlib.nullcontext())
                 with ffn_pre_hooks(lm, {l: put}), freeze:
-                    p = lm.prediction_logits(batch).float().softmax(-1)[:, answer_id]  # [steps]
+                    p = _wide(lm.prediction_logits(batch)).softmax(-1)[:, answer_id]  # [steps]
                 (grad,) = torch.autograd.grad(p.sum(), patched)
                 scores[i, l] = (a * (weights[:, None].to(a) * grad).sum(0)).cpu()
     return scores

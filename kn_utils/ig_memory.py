@@ -23,7 +23,7 @@ plain scheme beside each other.
 Usage::
 
     chunks, head_rows = plan(lm, range(lm.n_layers), steps=20, n_tokens=12)   # [[0..3], [4..7], ...], 80
-    plain_elements(lm, 20, 12) + head_elements(lm, 20) >= chunk_elements(lm, chunks[0], 20, 12) + head_elements(lm, head_rows)
+    plain_elements(lm, 20, 12) + head_elements(lm, 20, buffers=3) >= chunk_elements(lm, chunks[0], 20, 12) + head_elements(lm, head_rows)
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from .models import LanguageModel
 # tokens 162/223, 226/300, 323/426 MiB; BERT-base (one-layer chunks) 117/109 and 194/193 MiB, the
 # carrier row and the head block over the plain scheme's 20 rows.
 SAFETY = 1.0
+HEAD_ROWS = 512  # the fast scheme's largest head block (rows per [rows, vocab] buffer)
 
 
 def _dims(lm: LanguageModel) -> tuple[int, int, int, int]:
@@ -79,12 +80,14 @@ def vocab_size(lm: LanguageModel) -> int:
     return int(lm.model.get_output_embeddings().weight.shape[0])
 
 
-def head_elements(lm: LanguageModel, rows: int) -> int:
-    """The head's transient buffers for ``rows`` rows: logits, softmax and their gradient, ``[rows, vocab]`` each."""
-    return 3 * rows * vocab_size(lm)
+def head_elements(lm: LanguageModel, rows: int, buffers: int = 1) -> int:
+    """The head's transient ``[rows, vocab]`` buffers for ``rows`` rows: 1 in the fast scheme (the closed-form
+    gradient turns its logits into the softmax in place, ``attribution.answer_prob_grad``), 3 under autograd
+    (logits, softmax and their gradient; the plain scheme, ``buffers=3``)."""
+    return buffers * rows * vocab_size(lm)
 
 
-def plan(lm: LanguageModel, layers, steps: int, n_tokens: int, max_head_rows: int = 128) -> tuple[list[list[int]], int]:
+def plan(lm: LanguageModel, layers, steps: int, n_tokens: int, max_head_rows: int = HEAD_ROWS) -> tuple[list[list[int]], int]:
     """The fast scheme's layer chunks and head block size under the plain scheme's memory (body + head).
 
     Chunks are uniform: ``c`` consecutive layers each, the largest ``c`` whose lowest chunk (the one
@@ -96,7 +99,7 @@ def plan(lm: LanguageModel, layers, steps: int, n_tokens: int, max_head_rows: in
     layers = sorted(set(layers))
     if not layers:
         return [], min(max_head_rows, steps)
-    budget = SAFETY * (plain_elements(lm, steps, n_tokens) + head_elements(lm, steps))
+    budget = SAFETY * (plain_elements(lm, steps, n_tokens) + head_elements(lm, steps, buffers=3))
     best = 1
     for c in range(1, len(layers) + 1):
         head = head_elements(lm, max(steps, min(max_head_rows, steps * c)))

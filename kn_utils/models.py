@@ -73,6 +73,10 @@ class Adapter:
     # inside a block: a norm applied to the FFN output before the residual add (Gemma 2/3), else None.
     # Only read by attribution's freeze_norm option: nothing else depends on it.
     post_ffn_norm: str | None = None
+    # inside the head: its unembedding nn.Linear (None: the head is that Linear) and what runs before it
+    # (None: nothing). Attribution computes d p(answer) / d hidden in closed form through that Linear.
+    head_out: str | None = None
+    head_transform: str | None = None
 
 
 _LLAMA = Adapter("llama", True, "model.layers", "mlp.down_proj", 1,
@@ -81,7 +85,8 @@ _LLAMA = Adapter("llama", True, "model.layers", "mlp.down_proj", 1,
 ADAPTERS: dict[str, Adapter] = {
     # BERT: neurons = GELU(intermediate.dense(x)), the input of output.dense
     "bert": Adapter("bert", False, "bert.encoder.layer", "output.dense", 1,
-                    "bert.embeddings.word_embeddings", None, "cls", "bert"),
+                    "bert.embeddings.word_embeddings", None, "cls", "bert",
+                    head_out="predictions.decoder", head_transform="predictions.transform"),
     # GPT-2: neurons = mlp.act output, the input of mlp.c_proj (a Conv1D, weight [d_ff, d_model])
     "gpt2": Adapter("gpt2", True, "transformer.h", "mlp.c_proj", 0,
                     "transformer.wte", "transformer.ln_f", "lm_head", "transformer", grows=False),
@@ -237,6 +242,16 @@ class LanguageModel:
         """The norm ``layer`` applies to its FFN output before the residual add (Gemma 2/3), else None."""
         path = self.adapter.post_ffn_norm
         return _get(self.layers[layer], path) if path else None
+
+    def head_parts(self) -> tuple[nn.Module | None, nn.Linear]:
+        """The head as ``(transform, unembedding)``: ``head(h) == unembedding(transform(h))`` (transform None: identity)."""
+        head, a = self.head, self.adapter
+        out = _get(head, a.head_out) if a.head_out else head
+        if not isinstance(out, nn.Linear):
+            raise TypeError(f"{self.name}: the head's unembedding ({a.head or 'head'}.{a.head_out or ''}) is a "
+                            f"{type(out).__name__}, not an nn.Linear: set head_out (and head_transform) in its "
+                            "kn_utils.models.ADAPTERS row")
+        return (_get(head, a.head_transform) if a.head_transform else None), out
 
     @property
     def final_norm(self) -> nn.Module | None:

@@ -295,3 +295,23 @@ def test_head_gradient_in_blocks_equals_one_pass(lm):
         got = attribution.answer_prob_grad(lm, hidden, aid, rows=rows)
         assert rel_diff(got, want) < 1e-5, rows
     assert attribution.answer_prob_grad(lm, hidden[:0], aid).shape == (0, lm.d_model)
+
+
+def test_head_parts_compose_to_the_head(lm):
+    """The closed-form head gradient reads the head as transform + unembedding (the adapter table's
+    head_transform / head_out): composed they must be the head itself, for every architecture."""
+    torch.manual_seed(1)
+    hidden = torch.randn(5, lm.d_model)
+    transform, out = lm.head_parts()
+    with torch.no_grad():
+        want = lm.head(hidden)  # [5, vocab]
+        got = out(transform(hidden) if transform is not None else hidden)
+    assert torch.equal(got, want)
+
+
+def test_head_parts_names_the_adapter_row_when_the_unembedding_is_not_linear():
+    from dataclasses import replace
+    lm = kn.load_model("tiny-bert")
+    lm.adapter = replace(lm.adapter, head_out=None)  # the head (BertOnlyMLMHead) itself is no nn.Linear
+    with pytest.raises(TypeError, match="ADAPTERS"):
+        lm.head_parts()

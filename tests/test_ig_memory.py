@@ -15,15 +15,15 @@ def test_plan_is_uniform_and_within_the_plain_estimate(lm, n_tokens):
     chunks, head_rows = ig_memory.plan(lm, range(lm.n_layers), 20, n_tokens)
     assert [l for c in chunks for l in c] == list(range(lm.n_layers))
     assert len({len(c) for c in chunks[:-1]}) <= 1 and len(chunks[-1]) <= len(chunks[0])
-    assert 20 <= head_rows <= 128
-    budget = ig_memory.plain_elements(lm, 20, n_tokens) + ig_memory.head_elements(lm, 20)
+    assert 20 <= head_rows <= ig_memory.HEAD_ROWS
+    budget = ig_memory.plain_elements(lm, 20, n_tokens) + ig_memory.head_elements(lm, 20, buffers=3)
     used = ig_memory.chunk_elements(lm, chunks[0], 20, n_tokens) + ig_memory.head_elements(lm, head_rows)
     if len(chunks[0]) > 1:  # one layer always runs, even over the bound
         assert used <= budget
         # the next larger uniform chunk would not have fitted
         bigger = chunks[0] + [chunks[0][-1] + 1] if chunks[0][-1] + 1 < lm.n_layers else None
         if bigger:
-            head = ig_memory.head_elements(lm, max(20, min(128, 20 * len(bigger))))
+            head = ig_memory.head_elements(lm, max(20, min(ig_memory.HEAD_ROWS, 20 * len(bigger))))
             assert ig_memory.chunk_elements(lm, bigger, 20, n_tokens) + head > budget
 
 
