@@ -381,8 +381,8 @@ def integrated_gradients(lm: LanguageModel, prompts: list[str], answers: list[st
     because then the batch starts at the lowest layer of the chunk), the head in blocks of
     ``HEAD_ROWS`` rows. ``layer_chunk="memory"``: per prompt, the chunks and head blocks of
     ``ig_memory.plan``, as few chunks as keep the saved activations under what the plain scheme holds
-    for that prompt. All layers at once hold ~3x the plain scheme's memory on SmolLM2, and the bounded
-    plan runs 17-25% slower there on 2 CPU cores (``make bench`` prints both). The numbers do not depend on the chunks
+    for that prompt. All layers at once hold ~2x the plain scheme's memory on SmolLM2, and the bounded
+    plan runs 28-32% slower there on 2 CPU cores (``make bench`` prints both). The numbers do not depend on the chunks
     (bit-identical on the tiny models; within float32 reordering, ~5e-7 of the max score, on SmolLM2).
     With ``return_clean=True`` also returns the clean activations ``[n_prompts, n_layers, d_ff]``
     and the clean answer probabilities ``[n_prompts]``, which come for free.

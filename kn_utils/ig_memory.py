@@ -3,7 +3,7 @@
 Fast IG (``attribution.integrated_gradients``) attributes several layers in one batch: each layer's
 ``steps`` rows join at that layer and run to the top, so a chunk of ``c`` layers holds the saved
 activations of about ``steps * c`` rows in every layer above it. All 30 layers of SmolLM2 at once
-hold ~4x what the plain scheme holds (``make bench`` measures both). The plain scheme's largest
+hold ~2x what the plain scheme holds (``make bench`` measures both). The plain scheme's largest
 pass, layer 0 (``steps`` copies of the prompt through every layer), is the bound this module keeps
 the fast scheme under (``plan``): uniform chunks of as many layers as the lowest chunk, the largest,
 can hold.
@@ -30,9 +30,9 @@ from __future__ import annotations
 from .models import LanguageModel
 
 # Share of the plain scheme's estimate a chunk may use. At 1.0 with uniform chunks the measured peaks
-# (VmHWM over the loaded model, fresh process each) stay under the plain scheme's: SmolLM2 8/12/16
-# tokens 162/223, 226/300, 323/426 MiB; BERT-base (one-layer chunks) 117/109 and 194/193 MiB, the
-# carrier row and the head block over the plain scheme's 20 rows.
+# (VmHWM over the loaded model, fresh process each) stay under the plain scheme's: SmolLM2 8/16
+# tokens 160/231, 292/424 MiB; BERT-base (one-layer chunks) 8/16 tokens 99/111, 192/196 MiB
+# (make bench at a75415c).
 SAFETY = 1.0
 HEAD_ROWS = 512  # the fast scheme's largest head block (rows per [rows, vocab] buffer)
 
