@@ -73,8 +73,7 @@ class Adapter:
     # inside a block: a norm applied to the FFN output before the residual add (Gemma 2/3), else None.
     # Only read by attribution's freeze_norm option: nothing else depends on it.
     post_ffn_norm: str | None = None
-    # inside the head: its unembedding nn.Linear (None: the head is that Linear) and what runs before it
-    # (None: nothing). Attribution computes d p(answer) / d hidden in closed form through that Linear.
+    # inside the head: its unembedding nn.Linear (None: the head itself) and what runs before it (None: nothing)
     head_out: str | None = None
     head_transform: str | None = None
 
@@ -248,9 +247,8 @@ class LanguageModel:
         head, a = self.head, self.adapter
         out = _get(head, a.head_out) if a.head_out else head
         if not isinstance(out, nn.Linear):
-            raise TypeError(f"{self.name}: the head's unembedding ({a.head or 'head'}.{a.head_out or ''}) is a "
-                            f"{type(out).__name__}, not an nn.Linear: set head_out (and head_transform) in its "
-                            "kn_utils.models.ADAPTERS row")
+            raise TypeError(f"{self.name}: the head's unembedding is a {type(out).__name__}, not an nn.Linear: set "
+                            "head_out (and head_transform) in its kn_utils.models.ADAPTERS row")
         return (_get(head, a.head_transform) if a.head_transform else None), out
 
     @property
