@@ -19,7 +19,9 @@ Two implementations give the same numbers:
   ``l``, so everything below layer ``l`` is the clean forward pass, computed once per prompt.
   Each step runs the stack from layer ``l`` upward only. For causal models the positions before
   the prediction cannot see the patch at all: their keys/values are cached once and each step runs
-  a single token. The ``m`` steps of a layer are one batch.
+  a single token. Encoders whose adapter row names ``block_out`` start layer ``l``'s rows at block
+  ``l + 1`` (only the prediction position differs there) and, with ``top_trim``, run the top block
+  past that module at the prediction position only. The ``m`` steps of a layer are one batch.
 - ``integrated_gradients_reference`` (plain): per layer, the full model on the full prompt for
   every step (steps batched), as the official code does. Used by tests and ``make bench``.
 
@@ -45,7 +47,8 @@ from tqdm.auto import tqdm
 
 from . import ig_memory
 from .evaluation import answer_probs
-from .hooks import ffn_pre_hooks, freeze_post_ffn_norm, patch_ffn, record_ffn, record_post_ffn_norm
+from .hooks import (ffn_pre_hooks, freeze_post_ffn_norm, patch_ffn, record_block_inputs, record_ffn,
+                    record_post_ffn_norm, stack_from)
 from .models import LanguageModel, _get
 
 METHODS = ("left", "right", "midpoint", "trapezoid", "linspace")
@@ -91,50 +94,6 @@ def frozen(lm: LanguageModel) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-@contextlib.contextmanager
-def stack_from(lm: LanguageModel, start: int, hidden_in: torch.Tensor) -> Iterator[None]:
-    """Run only blocks ``start..n_layers-1``, feeding ``hidden_in`` to block ``start``.
-
-    The model's own forward still builds masks, positions and the head, so no model code is
-    forked: the block list is temporarily cut (and per-layer config such as Gemma's
-    ``layer_types`` with it), and a pre-hook on the first kept block swaps in the hidden states
-    that the skipped blocks would have produced. Whatever the embeddings compute is discarded.
-    """
-    parent_path, _, attr = lm.adapter.layers.rpartition(".")
-    parent = _get(lm.model, parent_path)
-    full = getattr(parent, attr)
-    config = lm.model.config
-    layer_types = getattr(config, "layer_types", None)
-
-    def swap_input(module, args, kwargs):
-        if args:
-            return (hidden_in, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": hidden_in}
-
-    handle = full[start].register_forward_pre_hook(swap_input, with_kwargs=True)
-    try:
-        setattr(parent, attr, torch.nn.ModuleList(list(full)[start:]))
-        if layer_types is not None:
-            config.layer_types = list(layer_types)[start:]
-        yield
-    finally:
-        setattr(parent, attr, full)
-        if layer_types is not None:
-            config.layer_types = layer_types
-        handle.remove()
-
-
-def _record_block_inputs(lm: LanguageModel) -> tuple[list, contextlib.ExitStack]:
-    """Pre-hooks storing each block's input hidden states ``[batch, pos, d_model]``."""
-    store: list = [None] * lm.n_layers
-    stack = contextlib.ExitStack()
-    for i, block in enumerate(lm.layers):
-        def hook(module, args, kwargs, i=i):
-            store[i] = (args[0] if args else kwargs["hidden_states"]).detach()
-        stack.callback(block.register_forward_pre_hook(hook, with_kwargs=True).remove)
-    return store, stack
-
-
 def _wide(logits: torch.Tensor) -> torch.Tensor:
     """Logits in at least float32 for the softmax: half precision widens, float64 (the bench's ground truth) stays."""
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
@@ -157,7 +116,7 @@ class _CleanRun:
         self.ids = batch.input_ids  # [1, pos]
         self.mask = batch.attention_mask  # [1, pos]
         self.pred = int(batch.pred_pos[0])
-        blocks, block_hooks = _record_block_inputs(lm)
+        blocks, block_hooks = record_block_inputs(lm)
         acts: dict[int, torch.Tensor] = {}
 
         def keep(l):
@@ -166,6 +125,12 @@ class _CleanRun:
             return fn
 
         self.cache = None  # causal models: keys/values of the prompt before the prediction position
+        # encoders with Adapter.block_out: per layer, that module's residual input at the prediction position
+        self.resid: dict[int, torch.Tensor] | None = {} if lm.adapter.block_out and not lm.is_causal else None
+        for l in range(lm.n_layers) if self.resid is not None else ():
+            def resid(module, args, l=l):  # args: (neurons [1, pos, d_ff], residual [1, pos, d_model])
+                self.resid[l] = args[1][0, self.pred].detach()  # [d_model]
+            block_hooks.callback(_get(lm.layers[l], lm.adapter.block_out).register_forward_pre_hook(resid).remove)
         with torch.no_grad(), block_hooks:
             if lm.is_causal:
                 n = self.ids.shape[1]
@@ -227,18 +192,27 @@ class _CleanRun:
             cache.layers.append(layer)
         return cache
 
-    def _hidden(self, b: int, cache) -> torch.Tensor:
-        """The body's output at the prediction position, ``[rows, d_model]``: what the head reads."""
+    def _hidden(self, b: int, cache, trim: bool = False) -> torch.Tensor:
+        """The body's output at the prediction position, ``[rows, d_model]``: what the head reads.
+        ``trim``: an encoder with ``Adapter.top_trim`` runs the top block past that module at the
+        prediction position only; only for callers whose hooks do not index the top layer's positions."""
         lm = self.lm
         if lm.is_causal:
             out = lm.body(input_ids=self.last.expand(b, 1), position_ids=self.position.expand(b, 1),
                           cache=cache, use_cache=cache is not None)
             return out[0][:, -1]  # [rows, d_model]
-        hidden = lm.body(input_ids=self.ids.expand(b, -1), attention_mask=self.mask.expand(b, -1))[0]
-        return hidden[:, self.pred]  # [rows, d_model]
+        trim, p = (lm.adapter.top_trim if trim else None), self.pred
+        with contextlib.ExitStack() as stack:
+            if trim:  # the rest of the top block runs at the prediction position only
 
-    def _logits(self, b: int, cache) -> torch.Tensor:
-        return self.lm.head(self._hidden(b, cache))  # [rows, vocab]
+                def cut(module, args):  # each input [rows, pos, d_model] -> [rows, 1, d_model]
+                    return tuple(a[:, p:p + 1] for a in args)
+                stack.callback(_get(lm.layers[-1], trim).register_forward_pre_hook(cut).remove)
+            hidden = lm.body(input_ids=self.ids.expand(b, -1), attention_mask=self.mask.expand(b, -1))[0]
+        return hidden[:, 0 if trim else p]  # [rows, d_model]
+
+    def _logits(self, b: int, cache, trim: bool = False) -> torch.Tensor:
+        return self.lm.head(self._hidden(b, cache, trim))  # [rows, vocab]
 
     def scaled_probs(self, factors: dict[int, torch.Tensor], answer_id: int, freeze_norm: bool = False) -> torch.Tensor:
         """p(answer) per row when each listed layer's activation at the prediction position is multiplied
@@ -256,6 +230,7 @@ class _CleanRun:
         layers = sorted(factors)
         b = factors[layers[0]].shape[0]
         at = -1 if lm.is_causal else self.pred
+        trim = lm.n_layers - 1 not in factors  # outside the cut (n_layers shrinks inside it)
 
         def scale(f):
             def fn(x):  # x: [rows, pos, d_ff]
@@ -271,7 +246,8 @@ class _CleanRun:
             for l in layers if freeze_norm else ():
                 stack.enter_context(freeze_post_ffn_norm(lm, l, self.norm_ms[l], slice(None), at))
             stack.enter_context(stack_from(lm, layers[0], self.blocks[layers[0]].expand(b, -1, -1)))
-            logits = self._logits(b, cache)  # [rows, vocab]
+            # a hook on the top layer's neurons indexes the prediction position among all positions
+            logits = self._logits(b, cache, trim)  # [rows, vocab]
         return _wide(logits).softmax(-1)[:, answer_id]  # [rows]
 
     def patched_probs(self, patches: list[tuple[int, torch.Tensor]], answer_id: int,
@@ -298,21 +274,39 @@ class _CleanRun:
             raise ValueError("each layer may be patched once per call")
         with contextlib.ExitStack() as stack:
             if lm.adapter.grows:
-                joining = {l: v.shape[0] for l, v in patches}
-                for l, n in joining.items():
-                    clean = self.blocks[l]  # [1, pos, d_model]
+                # Where the block's output is a module of the neurons (Adapter.block_out), a layer's rows
+                # start one block up: the patched block changes only the prediction position, so its
+                # attention and FFN input would be recomputed for nothing. Rows of the top layer skip the body.
+                after = self.resid is not None and not freeze_norm
+                joining, tops = {}, []
+                for l, v in patches:
+                    if not after:
+                        joining[l] = self.blocks[l].expand(v.shape[0], -1, -1)  # [n, pos, d_model]
+                        continue
+                    n, p = v.shape[0], self.pred
+                    out = _get(lm.layers[l], lm.adapter.block_out)(v[:, None], self.resid[l].expand(n, 1, -1))  # [n, 1, d_model]
+                    if l == lm.n_layers - 1:
+                        tops.append(out[:, 0])
+                        continue
+                    clean = self.blocks[l + 1].expand(n, -1, -1)  # [n, pos, d_model]
+                    joining[l + 1] = torch.cat([clean[:, :p], out, clean[:, p + 1:]], 1)  # [n, pos, d_model]
+                for j, new in joining.items():
 
-                    def join(module, args, kwargs, n=n, clean=clean):
+                    def join(module, args, kwargs, new=new):
                         h = args[0] if args else kwargs["hidden_states"]
-                        h = torch.cat([h, clean.expand(n, -1, -1)])  # [rows + n, pos, d_model]
+                        h = torch.cat([h, new])  # [rows + n, pos, d_model]
                         return ((h, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
-                    stack.callback(lm.layers[l].register_forward_pre_hook(join, with_kwargs=True).remove)
-                self._patch_hooks(patches, stack, grow=True, freeze_norm=freeze_norm)
+                    stack.callback(lm.layers[j].register_forward_pre_hook(join, with_kwargs=True).remove)
+                if not joining:
+                    return torch.cat(tops)
+                if not after:
+                    self._patch_hooks(patches, stack, grow=True, freeze_norm=freeze_norm)
                 rows, sizes = 1, []
                 for j in range(lm.n_layers):
-                    rows += joining.get(j, 0)
+                    rows += joining[j].shape[0] if j in joining else 0
                     sizes.append(rows)
-                return self._hidden(1, self._cache(sizes))[1:]  # drop the carrier row
+                hidden = self._hidden(1, self._cache(sizes), trim=after)  # FFN patch hooks index all positions
+                return torch.cat([hidden[1:], *tops])  # drop the carrier row
             b = sum(v.shape[0] for _, v in patches)
             cache = self._cache([b] * lm.n_layers)  # before the cut: inside it n_layers shrinks
             self._patch_hooks(patches, stack, grow=False, freeze_norm=freeze_norm)

@@ -16,8 +16,8 @@ from typing import Iterator
 import pandas as pd
 import torch
 
-from .attribution import _record_block_inputs, stack_from
 from .evaluation import evaluate
+from .hooks import record_block_inputs, stack_from
 from .models import LanguageModel
 from .neurons import as_neurons
 
@@ -163,7 +163,7 @@ class Probes:
     def __init__(self, lm: LanguageModel, prompts: list[str]):
 
         self.prompts = list(prompts)
-        blocks, hooks = _record_block_inputs(lm)
+        blocks, hooks = record_block_inputs(lm)
         with torch.no_grad(), hooks:
             lm.prediction_logits(lm.encode(self.prompts))
         self.blocks = blocks  # per layer: [n_prompts, pos, d_model]

@@ -4,7 +4,8 @@ A neuron is ``(layer, index)`` into the input of the FFN output projection (see
 ``kn_utils.models.ADAPTERS``). Hooks are forward *pre*-hooks on that projection, so
 one mechanism serves BERT, GPT-2 and Llama-style models. Gemma 2/3 also normalise the FFN output
 (``Adapter.post_ffn_norm``): ``record_post_ffn_norm`` / ``freeze_post_ffn_norm`` read and hold that
-norm's scale, for attribution's ``freeze_norm``.
+norm's scale, for attribution's ``freeze_norm``. Block-level hooks for attribution and edits:
+``record_block_inputs`` keeps each block's input, ``stack_from`` runs the blocks from one layer up.
 
 Usage::
 
@@ -23,7 +24,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from .models import LanguageModel
+from .models import LanguageModel, _get
 
 MODES = ("zero", "scale", "set")
 
@@ -233,3 +234,50 @@ def freeze_post_ffn_norm(lm: LanguageModel, layer: int, clean_ms: torch.Tensor, 
         yield
     finally:
         handle.remove()
+
+
+# --------------------------------------------------------------------------- whole blocks
+
+
+@contextlib.contextmanager
+def stack_from(lm: LanguageModel, start: int, hidden_in: torch.Tensor) -> Iterator[None]:
+    """Run only blocks ``start..n_layers-1``, feeding ``hidden_in`` to block ``start``.
+
+    The model's own forward still builds masks, positions and the head, so no model code is
+    forked: the block list is temporarily cut (and per-layer config such as Gemma's
+    ``layer_types`` with it), and a pre-hook on the first kept block swaps in the hidden states
+    that the skipped blocks would have produced. Whatever the embeddings compute is discarded.
+    """
+    parent_path, _, attr = lm.adapter.layers.rpartition(".")
+    parent = _get(lm.model, parent_path)
+    full = getattr(parent, attr)
+    config = lm.model.config
+    layer_types = getattr(config, "layer_types", None)
+
+    def swap_input(module, args, kwargs):
+        if args:
+            return (hidden_in, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden_in}
+
+    handle = full[start].register_forward_pre_hook(swap_input, with_kwargs=True)
+    try:
+        setattr(parent, attr, torch.nn.ModuleList(list(full)[start:]))
+        if layer_types is not None:
+            config.layer_types = list(layer_types)[start:]
+        yield
+    finally:
+        setattr(parent, attr, full)
+        if layer_types is not None:
+            config.layer_types = layer_types
+        handle.remove()
+
+
+def record_block_inputs(lm: LanguageModel) -> tuple[list, contextlib.ExitStack]:
+    """Pre-hooks storing each block's input hidden states ``[batch, pos, d_model]``."""
+    store: list = [None] * lm.n_layers
+    stack = contextlib.ExitStack()
+    for i, block in enumerate(lm.layers):
+        def hook(module, args, kwargs, i=i):
+            store[i] = (args[0] if args else kwargs["hidden_states"]).detach()
+        stack.callback(block.register_forward_pre_hook(hook, with_kwargs=True).remove)
+    return store, stack

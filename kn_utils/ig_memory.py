@@ -67,9 +67,10 @@ def chunk_elements(lm: LanguageModel, chunk: list[int], steps: int, n_tokens: in
     else:  # every position of every row runs
         per_row = n_tokens * token_elements(lm, n_tokens, all_positions=True)
     total = 0
+    up = 1 if lm.adapter.block_out and not lm.is_causal else 0  # rows start a block above their layer
     for j in range(chunk[0], lm.n_layers):
-        if lm.adapter.grows:  # rows join at their own layer; one carrier row runs the clean states up
-            rows = steps * sum(1 for l in chunk if l <= j) + 1
+        if lm.adapter.grows:  # rows join at their own layer (or the next); one carrier row runs the clean states up
+            rows = steps * sum(1 for l in chunk if l + up <= j) + 1
         else:  # the block list is cut at the chunk's lowest layer: every row runs from there
             rows = steps * len(chunk)
         total += rows * per_row

@@ -76,6 +76,11 @@ class Adapter:
     # inside the head: its unembedding nn.Linear (None: the head itself) and what runs before it (None: nothing)
     head_out: str | None = None
     head_transform: str | None = None
+    # encoders, for fast IG to skip work no score needs: inside a block, the module called as (neurons,
+    # residual) that returns the block's output; inside the top block, a module whose inputs matter only
+    # at the prediction position (None: no such module, nothing skipped)
+    block_out: str | None = None
+    top_trim: str | None = None
 
 
 _LLAMA = Adapter("llama", True, "model.layers", "mlp.down_proj", 1,
@@ -85,7 +90,8 @@ ADAPTERS: dict[str, Adapter] = {
     # BERT: neurons = GELU(intermediate.dense(x)), the input of output.dense
     "bert": Adapter("bert", False, "bert.encoder.layer", "output.dense", 1,
                     "bert.embeddings.word_embeddings", None, "cls", "bert",
-                    head_out="predictions.decoder", head_transform="predictions.transform"),
+                    head_out="predictions.decoder", head_transform="predictions.transform",
+                    block_out="output", top_trim="attention.output"),
     # GPT-2: neurons = mlp.act output, the input of mlp.c_proj (a Conv1D, weight [d_ff, d_model])
     "gpt2": Adapter("gpt2", True, "transformer.h", "mlp.c_proj", 0,
                     "transformer.wte", "transformer.ln_f", "lm_head", "transformer", grows=False),
@@ -100,16 +106,10 @@ ADAPTERS: dict[str, Adapter] = {
 
 # model_type -> ADAPTERS row
 MODEL_TYPE_TO_FAMILY = {
-    "bert": "bert",
-    "gpt2": "gpt2",
-    "llama": "llama",
-    "mistral": "llama",
-    "qwen2": "llama",
-    "qwen3": "llama",
+    "bert": "bert", "gpt2": "gpt2",
+    "llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama",
     "gemma": "llama",  # Gemma 1 has no post-FFN norm
-    "gemma2": "gemma",
-    "gemma3": "gemma",
-    "gemma3_text": "gemma",
+    "gemma2": "gemma", "gemma3": "gemma", "gemma3_text": "gemma",
 }
 
 

@@ -40,6 +40,49 @@ def test_fast_equals_plain_on_tiny_models(name, method):
     assert rel_diff(fast, plain) <= 1e-4
 
 
+@pytest.mark.parametrize("layers", [None, [0], [3], [1, 3]])
+def test_encoder_skip_changes_no_score(layers):
+    """BERT's rows start one block above their layer (``Adapter.block_out``) and its top block runs past
+    ``Adapter.top_trim`` at the prediction position only: the scores are those of running each row from its
+    own layer at every position (the adapter row without both), while fewer FLOPs run."""
+    import dataclasses
+
+    from kn_utils.bench_peers import count_flops
+    lm = kn.load_model("tiny-bert")
+    assert lm.adapter.block_out and lm.adapter.top_trim
+    prompts, answers = prompts_for(lm)
+    out = {}
+    skip = count_flops(lambda: out.update(skip=integrated_gradients(lm, prompts, answers, steps=5, layers=layers)))
+    lm.adapter = dataclasses.replace(lm.adapter, block_out=None, top_trim=None)
+    full = count_flops(lambda: out.update(full=integrated_gradients(lm, prompts, answers, steps=5, layers=layers)))
+    assert rel_diff(out["skip"], out["full"]) <= 1e-5 and out["full"].abs().sum() > 0
+    assert skip < full
+    for l in range(lm.n_layers):  # only the layers asked for are scored, either way
+        assert (out["skip"][:, l].abs().sum() > 0) == (layers is None or l in layers)
+
+
+def test_scaled_probs_on_an_encoder_top_layer_match_the_full_model():
+    """Scaling the top layer's neurons (notebook 01's path check, 07's ablations) indexes the prediction
+    position among all positions, so the top block is not trimmed there: p equals patch_ffn on the full model."""
+    from kn_utils.attribution import _CleanRun
+    from kn_utils.hooks import patch_ffn
+    lm = kn.load_model("tiny-bert")
+    prompt, answer = prompts_for(lm)[0][0], prompts_for(lm)[1][0]
+    top, aid = lm.n_layers - 1, lm.answer_id(answer)
+    f = torch.rand(3, lm.d_ff, generator=torch.Generator().manual_seed(0)) * 2  # [rows, d_ff]
+    for factors in ({top: f}, {1: f, top: f.flip(0)}):
+        got = _CleanRun(lm, prompt).scaled_probs(factors, aid)  # [rows]
+        batch = lm.encode([prompt])
+        want = []
+        for r in range(3):
+            layers = sorted(factors)
+            neurons = [(l, i) for l in layers for i in range(lm.d_ff)]
+            value = torch.cat([factors[l][r] for l in layers])  # [n_neurons], ordered like neurons
+            with torch.no_grad(), patch_ffn(lm, neurons, mode="scale", value=value):
+                want.append(torch.softmax(lm.prediction_logits(batch).float(), -1)[0, aid])
+        assert torch.allclose(got.float(), torch.stack(want), rtol=1e-5, atol=1e-8)
+
+
 def test_plain_scheme_matches_a_hand_written_riemann_sum():
     """The reference itself, against autograd on an explicit loop over steps for one layer."""
     lm = kn.load_model("tiny-llama")

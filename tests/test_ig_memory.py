@@ -33,6 +33,12 @@ def test_chunk_elements_counts_rows_by_hand():
     assert ig_memory.chunk_elements(lm, [0, 1], 3, 5) == per_row * ((3 + 1) + (6 + 1) * (lm.n_layers - 1))
 
 
+def test_chunk_elements_counts_encoder_rows_a_block_up():
+    lm = kn.load_model("tiny-bert")  # Adapter.block_out: a layer's rows start at the block above it
+    per_row = ig_memory.chunk_elements(lm, [0], 1, 5) // (lm.n_layers - 1 + lm.n_layers)  # 1 row, then 2
+    assert ig_memory.chunk_elements(lm, [0, 1], 3, 5) == per_row * (1 + (3 + 1) + (6 + 1) * (lm.n_layers - 2))
+
+
 def test_memory_plan_gives_the_same_scores(lm):
     prompts, answers = prompts_for(lm)
     default = integrated_gradients(lm, prompts, answers, steps=6)
