@@ -72,8 +72,26 @@ PEER_GRID = {"knowledge-neurons": "linspace", "captum": "left"}
 PEER_MODULE = {"knowledge-neurons": "knowledge_neurons", "captum": "captum"}
 PEER_VERSION = {"knowledge-neurons": "0.0.2", "captum": "0.9.0"}
 # Every scheme the bench times: ours (fast), ours (fast, chunked under the plain scheme's memory),
-# ours (plain reference scheme) and the peers.
+# ours (plain reference scheme) and the peers; also "ours-chunk<N>", ours in uniform chunks of N layers.
 SCHEMES = ("ours", "ours-memory", "ours-plain") + PEERS
+CHUNKED = "ours-chunk"
+
+
+def chunk_of(scheme: str) -> int | None:
+    """N for ``"ours-chunk<N>"`` (ours with ``layer_chunk=N``), None for any other scheme name."""
+    if not scheme.startswith(CHUNKED):
+        return None
+    n = scheme[len(CHUNKED):]
+    if not n.isdigit() or int(n) < 1:
+        raise ValueError(f"{scheme!r}: write ours-chunk<N> with N >= 1 layers per chunk, e.g. ours-chunk2")
+    return int(n)
+
+
+def scheme_name(text: str) -> str:
+    """argparse type for a scheme: one of SCHEMES or ours-chunk<N>."""
+    if text in SCHEMES or chunk_of(text):
+        return text
+    raise argparse.ArgumentTypeError(f"scheme must be one of {', '.join(SCHEMES)} or ours-chunk<N>, got {text!r}")
 KN_BATCH_SIZE = 10  # knowledge-neurons' default batch_size for get_scores
 
 
@@ -212,13 +230,15 @@ def scheme_scores(scheme: str, lm: LanguageModel, prompts: list[str], answers: l
         return integrated_gradients(lm, prompts, answers, steps=steps, method=method)
     if scheme == "ours-memory":
         return integrated_gradients(lm, prompts, answers, steps=steps, method=method, layer_chunk="memory")
+    if chunk_of(scheme):
+        return integrated_gradients(lm, prompts, answers, steps=steps, method=method, layer_chunk=chunk_of(scheme))
     if scheme == "ours-plain":
         return integrated_gradients_reference(lm, prompts, answers, steps=steps, method=method)
     if scheme == "knowledge-neurons":
         return knowledge_neurons_scores(lm, prompts, answers, steps=steps)
     if scheme == "captum":
         return captum_scores(lm, prompts, answers, steps=steps)
-    raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    raise ValueError(f"scheme must be one of {SCHEMES} or ours-chunk<N>, got {scheme!r}")
 
 
 # ---------------------------------------------------------------- peak memory, in a fresh process
@@ -331,7 +351,7 @@ def measure_peak_memory(scheme: str, model: str, prompt: str, answer: str, steps
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kn_utils.bench_peers", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--peak-rss", metavar="SCHEME", choices=SCHEMES, required=True,
+    ap.add_argument("--peak-rss", metavar="SCHEME", type=scheme_name, required=True,
                     help="measure one scheme's peak memory on one prompt and print it as JSON")
     ap.add_argument("--model", default="bert-base-random")
     ap.add_argument("--prompt", required=True)

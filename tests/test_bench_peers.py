@@ -156,6 +156,18 @@ def test_bert_flop_model_is_the_counter(bert):
             assert counted == model[peer], peer
 
 
+def test_chunked_scheme_is_ours_with_that_layer_chunk(bert):
+    prompts, answers = facts(bert, 1)
+    got = bench_peers.scheme_scores("ours-chunk2", bert, prompts, answers, steps=STEPS)
+    want = integrated_gradients(bert, prompts, answers, steps=STEPS, layer_chunk=2)
+    assert torch.equal(got, want) and float(want.abs().max()) > 0
+    for bad in ("ours-chunk0", "ours-chunkx"):
+        with pytest.raises(ValueError, match="ours-chunk<N>"):
+            bench_peers.scheme_scores(bad, bert, prompts, answers, steps=STEPS)
+    row = bench_peers.measure_peak_memory("ours-chunk2", "tiny-bert", prompts[0], answers[0], STEPS, "left")
+    assert row["scheme"] == "ours-chunk2" and row["increase_mib"] >= 0
+
+
 def test_peak_memory_in_a_fresh_process(bert):
     prompts, answers = facts(bert, 1)
     row = bench_peers.measure_peak_memory("ours", "tiny-bert", prompts[0], answers[0], STEPS, "left", flops=True)
@@ -169,12 +181,13 @@ def test_bench_cli_with_peers(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert bench.main(["--models", "--peers", "--peer-models", "tiny-bert", "tiny-llama", "--peer-steps", "2",
                        "--peer-prompts", "2", "--peer-tokens", "5", "30", "--slow-peer-prompts", "tiny-llama=1",
-                       "--no-peak-memory", "--json", str(out)]) == 0
+                       "--ours-chunks", "2", "--no-peak-memory", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "peers on tiny-bert" in text and "peers on tiny-llama" in text
     data = json.loads(out.read_text())
     by_model = {r["model"]: r for r in data["peers"]}
     assert "knowledge-neurons" in by_model["tiny-llama"]["skipped"]
+    assert {"ours-memory", "ours-chunk2"} <= {row["scheme"] for row in by_model["tiny-bert"]["rows"]}
     for r in data["peers"]:
         for row in r["rows"]:
             if "max_rel_diff" in row:
