@@ -31,8 +31,8 @@ from .models import LanguageModel
 
 # Share of the plain scheme's estimate a chunk may use. At 1.0 with uniform chunks the measured peaks
 # (VmHWM over the loaded model, fresh process each) stay under the plain scheme's: SmolLM2 8/16
-# tokens 160/231, 292/424 MiB; BERT-base (one-layer chunks) 8/16 tokens 99/111, 192/196 MiB
-# (make bench at a75415c).
+# tokens 157/245, 251/428 MiB; BERT-base (one-layer chunks) 8/16 tokens 98/113, 173/208 MiB
+# (make bench at d8e82a9).
 SAFETY = 1.0
 HEAD_ROWS = 512  # the fast scheme's largest head block (rows per [rows, vocab] buffer)
 
