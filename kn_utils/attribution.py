@@ -201,15 +201,15 @@ class _CleanRun:
             out = lm.body(input_ids=self.last.expand(b, 1), position_ids=self.position.expand(b, 1),
                           cache=cache, use_cache=cache is not None)
             return out[0][:, -1]  # [rows, d_model]
-        trim, p = (lm.adapter.top_trim if trim else None), self.pred
+        cut_at, p = (lm.adapter.top_trim if trim else None), self.pred
         with contextlib.ExitStack() as stack:
-            if trim:  # the rest of the top block runs at the prediction position only
+            if cut_at:  # the rest of the top block runs at the prediction position only
 
                 def cut(module, args):  # each input [rows, pos, d_model] -> [rows, 1, d_model]
                     return tuple(a[:, p:p + 1] for a in args)
-                stack.callback(_get(lm.layers[-1], trim).register_forward_pre_hook(cut).remove)
+                stack.callback(_get(lm.layers[-1], cut_at).register_forward_pre_hook(cut).remove)
             hidden = lm.body(input_ids=self.ids.expand(b, -1), attention_mask=self.mask.expand(b, -1))[0]
-        return hidden[:, 0 if trim else p]  # [rows, d_model]
+        return hidden[:, 0 if cut_at else p]  # [rows, d_model]
 
     def _logits(self, b: int, cache, trim: bool = False) -> torch.Tensor:
         return self.lm.head(self._hidden(b, cache, trim))  # [rows, vocab]
@@ -230,7 +230,8 @@ class _CleanRun:
         layers = sorted(factors)
         b = factors[layers[0]].shape[0]
         at = -1 if lm.is_causal else self.pred
-        trim = lm.n_layers - 1 not in factors  # outside the cut (n_layers shrinks inside it)
+        # a hook on the top layer's neurons indexes all its positions; computed outside the cut (n_layers shrinks there)
+        trim = lm.n_layers - 1 not in factors
 
         def scale(f):
             def fn(x):  # x: [rows, pos, d_ff]
@@ -246,7 +247,6 @@ class _CleanRun:
             for l in layers if freeze_norm else ():
                 stack.enter_context(freeze_post_ffn_norm(lm, l, self.norm_ms[l], slice(None), at))
             stack.enter_context(stack_from(lm, layers[0], self.blocks[layers[0]].expand(b, -1, -1)))
-            # a hook on the top layer's neurons indexes the prediction position among all positions
             logits = self._logits(b, cache, trim)  # [rows, vocab]
         return _wide(logits).softmax(-1)[:, answer_id]  # [rows]
 

@@ -274,9 +274,9 @@ def bench_peers_model(name: str, steps: int, n_prompts: int, slow_prompts: int |
         else:
             peers.append(peer)
     grids = sorted({bp.PEER_GRID[p] for p in peers} | {"left"})
-    # ours-memory: the layer chunks that keep ours under the plain scheme's memory, for "no more memory"
-    mine = ["ours-memory"] + [f"{bp.CHUNKED}{c}" for c in chunks if c < lm.n_layers]
-    schemes = [("ours", g) for g in grids] + [(o, "left") for o in mine] + [(p, bp.PEER_GRID[p]) for p in peers]
+    # ours in layer chunks (ours-memory: under the plain scheme's memory), for "no more memory"
+    variants = ["ours-memory"] + [f"{bp.CHUNKED}{c}" for c in chunks if c < lm.n_layers]
+    schemes = [("ours", g) for g in grids] + [(o, "left") for o in variants] + [(p, bp.PEER_GRID[p]) for p in peers]
     runs_on = {key: len(prompts) for key in schemes}
     slowest = next((p for p in ("knowledge-neurons", "captum") if p in peers), None)
     if slow_prompts is not None and slowest:
@@ -301,7 +301,7 @@ def bench_peers_model(name: str, steps: int, n_prompts: int, slow_prompts: int |
     # peak memory, in a run of its own (CPU: a fresh process), so that neither disturbs the other
     measured = {}
     prompt, answer = prompts[longest], answers[longest]
-    for scheme in ["ours"] + mine + peers:
+    for scheme in ["ours"] + variants + peers:
         measured[scheme] = {"flops": count_flops(
             lambda scheme=scheme: bp.scheme_scores(scheme, lm, [prompt], [answer], steps=steps))}
         if not memory:
@@ -321,7 +321,7 @@ def bench_peers_model(name: str, steps: int, n_prompts: int, slow_prompts: int |
         row = {"scheme": scheme, "grid": grid, "prompts": k, "s_per_prompt": sum(times[key]) / k,
                "ours_s_per_prompt_same_prompts": sum(times[ours_key][:k]) / k}
         row["ratio_vs_ours"] = row["s_per_prompt"] / row["ours_s_per_prompt_same_prompts"]
-        if scheme != "ours":  # ours-memory too: against ours on its grid
+        if scheme != "ours":  # ours' chunked variants too: against ours on its grid
             mine, theirs = torch.stack(scores[ours_key][:k]), torch.stack(scores[key])
             top = float(mine.abs().max())
             row["max_abs_diff"] = float((theirs.double() - mine.double()).abs().max())

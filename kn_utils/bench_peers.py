@@ -89,8 +89,11 @@ def chunk_of(scheme: str) -> int | None:
 
 def scheme_name(text: str) -> str:
     """argparse type for a scheme: one of SCHEMES or ours-chunk<N>."""
-    if text in SCHEMES or chunk_of(text):
-        return text
+    try:
+        if text in SCHEMES or chunk_of(text):
+            return text
+    except ValueError as e:  # argparse would replace the message by "invalid value"
+        raise argparse.ArgumentTypeError(str(e)) from None
     raise argparse.ArgumentTypeError(f"scheme must be one of {', '.join(SCHEMES)} or ours-chunk<N>, got {text!r}")
 KN_BATCH_SIZE = 10  # knowledge-neurons' default batch_size for get_scores
 
@@ -230,8 +233,8 @@ def scheme_scores(scheme: str, lm: LanguageModel, prompts: list[str], answers: l
         return integrated_gradients(lm, prompts, answers, steps=steps, method=method)
     if scheme == "ours-memory":
         return integrated_gradients(lm, prompts, answers, steps=steps, method=method, layer_chunk="memory")
-    if chunk_of(scheme):
-        return integrated_gradients(lm, prompts, answers, steps=steps, method=method, layer_chunk=chunk_of(scheme))
+    if chunk := chunk_of(scheme):
+        return integrated_gradients(lm, prompts, answers, steps=steps, method=method, layer_chunk=chunk)
     if scheme == "ours-plain":
         return integrated_gradients_reference(lm, prompts, answers, steps=steps, method=method)
     if scheme == "knowledge-neurons":
