@@ -50,6 +50,8 @@ from .evaluation import answer_probs
 from .hooks import (ffn_pre_hooks, freeze_post_ffn_norm, patch_ffn, record_block_inputs, record_ffn,
                     record_post_ffn_norm, stack_from)
 from .models import LanguageModel, _get
+from .head_grad import HEAD_ROWS, VOCAB_BLOCK, _wide, answer_prob, answer_prob_grad  # noqa: F401 (re-exported)
+from .prefix_attention import shared_prefix
 
 METHODS = ("left", "right", "midpoint", "trapezoid", "linspace")
 
@@ -94,11 +96,6 @@ def frozen(lm: LanguageModel) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _wide(logits: torch.Tensor) -> torch.Tensor:
-    """Logits in at least float32 for the softmax: half precision widens, float64 (the bench's ground truth) stays."""
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))
-
-
 def _check_freeze(lm: LanguageModel, freeze_norm: bool) -> None:
     if freeze_norm and lm.adapter.post_ffn_norm is None:
         raise ValueError(
@@ -125,6 +122,7 @@ class _CleanRun:
             return fn
 
         self.cache = None  # causal models: keys/values of the prompt before the prediction position
+        self.shared = False  # rows attend to one copy of the prefix (Adapter.shared_prefix), not per-row caches
         # encoders with Adapter.block_out: per layer, that module's residual input at the prediction position
         self.resid: dict[int, torch.Tensor] | None = {} if lm.adapter.block_out and not lm.is_causal else None
         for l in range(lm.n_layers) if self.resid is not None else ():
@@ -137,13 +135,14 @@ class _CleanRun:
                 if n > 1:  # keys/values of the prefix never see the patch: compute them once
                     out = lm.model(input_ids=self.ids[:, :-1], use_cache=True, logits_to_keep=1)  # no logits needed
                     self.cache = out.cache
+                    self.shared = lm.adapter.shared_prefix
                 self.last = self.ids[:, -1:]  # [1, 1]
                 self.position = torch.tensor([[n - 1]], device=self.ids.device)  # [1, 1]
+                cache = self._cache([1] * lm.n_layers)
                 with ffn_pre_hooks(lm, {l: keep(l) for l in range(lm.n_layers)}), \
-                        record_post_ffn_norm(lm, -1) as norm_ms:
+                        record_post_ffn_norm(lm, -1) as norm_ms, self._prefix():
                     out = lm.model(input_ids=self.last, position_ids=self.position,
-                                   cache=self._cache([1] * lm.n_layers), use_cache=self.cache is not None,
-                                   logits_to_keep=1)
+                                   cache=cache, use_cache=cache is not None, logits_to_keep=1)
                 logits = out.logits[0, -1]  # [vocab]
             else:
                 with ffn_pre_hooks(lm, {l: keep(l) for l in range(lm.n_layers)}), \
@@ -176,12 +175,17 @@ class _CleanRun:
                 stack.enter_context(freeze_post_ffn_norm(self.lm, layer, self.norm_ms[layer], rows, at))
         stack.enter_context(ffn_pre_hooks(self.lm, fns))
 
+    def _prefix(self):
+        """Where rows share the prefix: the context in which attention reads its one copy (else nothing)."""
+        return shared_prefix(self.lm, self.cache) if self.shared else contextlib.nullcontext()
+
     def _cache(self, rows_per_layer: list[int]):
-        """A fresh cache whose layer ``j`` holds the prefix keys/values repeated ``rows_per_layer[j]`` times.
+        """A fresh cache whose layer ``j`` holds the prefix keys/values repeated ``rows_per_layer[j]`` times
+        (None where there is no prefix or rows share it, ``_prefix``).
 
         The repeats are views and the forward only appends, so the clean cache is never touched.
         """
-        if self.cache is None:
+        if self.cache is None or self.shared:
             return None
         cache = copy.copy(self.cache)
         cache.layers = []
@@ -198,8 +202,9 @@ class _CleanRun:
         prediction position only; only for callers whose hooks do not index the top layer's positions."""
         lm = self.lm
         if lm.is_causal:
-            out = lm.body(input_ids=self.last.expand(b, 1), position_ids=self.position.expand(b, 1),
-                          cache=cache, use_cache=cache is not None)
+            with self._prefix():
+                out = lm.body(input_ids=self.last.expand(b, 1), position_ids=self.position.expand(b, 1),
+                              cache=cache, use_cache=cache is not None)
             return out[0][:, -1]  # [rows, d_model]
         cut_at, p = (lm.adapter.top_trim if trim else None), self.pred
         with contextlib.ExitStack() as stack:
@@ -305,52 +310,16 @@ class _CleanRun:
                 for j in range(lm.n_layers):
                     rows += joining[j].shape[0] if j in joining else 0
                     sizes.append(rows)
-                hidden = self._hidden(1, self._cache(sizes), trim=after)  # FFN patch hooks index all positions
+                cache = self._cache(sizes)  # before the cut: inside it n_layers shrinks
+                start = min(joining)  # below the first join the carrier row alone would run, for nothing
+                stack.enter_context(stack_from(lm, start, self.blocks[start]))
+                hidden = self._hidden(1, cache, trim=after)  # FFN patch hooks index all positions
                 return torch.cat([hidden[1:], *tops])  # drop the carrier row
             b = sum(v.shape[0] for _, v in patches)
             cache = self._cache([b] * lm.n_layers)  # before the cut: inside it n_layers shrinks
             self._patch_hooks(patches, stack, grow=False, freeze_norm=freeze_norm)
             stack.enter_context(stack_from(lm, layers[0], self.blocks[layers[0]].expand(b, -1, -1)))
             return self._hidden(b, cache)
-
-
-def answer_prob(lm: LanguageModel, hidden: torch.Tensor, answer_id: int) -> torch.Tensor:
-    """p(answer) from final hidden states ``[rows, d_model]`` through the model's head, ``[rows]``."""
-    return _wide(lm.head(hidden)).softmax(-1)[:, answer_id]
-
-
-HEAD_ROWS = ig_memory.HEAD_ROWS  # rows per head block in the backward: bounds the [rows, vocab] buffer
-
-
-def answer_prob_grad(lm: LanguageModel, hidden: torch.Tensor, answer_id: int,
-                     rows: int = HEAD_ROWS) -> torch.Tensor:
-    """d p(answer) / d hidden, ``[rows, d_model]``, through the head in blocks of ``rows`` rows.
-
-    Through the unembedding ``logits = z W^T + b`` (``lm.head_parts``) the gradient has a closed form,
-    ``d p_a / d z = p_a (W_a - p W)``: one ``[rows, vocab]`` buffer per block, turned into the softmax
-    in place, where autograd would hold the logits, the softmax and two gradients of that size. Any
-    transform before the unembedding (BERT's dense + LayerNorm) is backpropagated by autograd. A row's
-    numbers depend on that row alone, so the blocks only bound memory.
-    """
-    transform, out = lm.head_parts()
-    w = out.weight  # [vocab, d_in]
-    grads = []
-    for s in range(0, hidden.shape[0], rows):
-        h = hidden[s:s + rows].detach().requires_grad_(transform is not None)  # [block, d_model]
-        with torch.enable_grad() if transform is not None else contextlib.nullcontext():
-            z = transform(h) if transform is not None else h  # [block, d_in]
-        with torch.no_grad():
-            p = torch.nn.functional.linear(z, w, out.bias)  # [block, vocab] logits
-            p = _wide(p)
-            p = p.sub_(p.amax(-1, keepdim=True)).exp_()
-            p = p.div_(p.sum(-1, keepdim=True))  # softmax, in place
-            p_a = p[:, answer_id].clone()  # [block]
-            g = (w[answer_id] - p.to(w.dtype) @ w) * p_a[:, None].to(w.dtype)  # [block, d_in]
-            del p
-        if transform is not None:
-            (g,) = torch.autograd.grad(z, h, grad_outputs=g)  # [block, d_model]
-        grads.append(g)
-    return torch.cat(grads) if grads else torch.zeros_like(hidden)
 
 
 def _check(lm: LanguageModel, prompts, answers, layers):
@@ -370,13 +339,14 @@ def integrated_gradients(lm: LanguageModel, prompts: list[str], answers: list[st
                          return_clean: bool = False, layer_chunk: int | str | None = None, freeze_norm: bool = False):
     """IG scores ``[n_prompts, n_layers, d_ff]`` (layers not asked for stay 0), fast path.
 
-    Layers are attributed in batches ("chunks") of ``steps`` rows per layer, ``layer_chunk`` layers
-    each (default: all layers where the architecture lets rows join at their own layer, else 6,
-    because then the batch starts at the lowest layer of the chunk), the head in blocks of
-    ``HEAD_ROWS`` rows. ``layer_chunk="memory"``: per prompt, the chunks and head blocks of
-    ``ig_memory.plan``, as few chunks as keep the saved activations under what the plain scheme holds
-    for that prompt. All layers at once hold ~2x the plain scheme's memory on SmolLM2, and the bounded
-    plan runs 28-32% slower there on 2 CPU cores (``make bench`` prints both). The numbers do not depend on the chunks
+    Layers are attributed in batches ("chunks") of ``steps`` rows per layer, the head in blocks of at
+    most ``HEAD_ROWS`` rows. ``layer_chunk=None`` (the default, also ``"memory"``): per prompt, the
+    chunks and head blocks of ``ig_memory.plan``, as few balanced chunks as keep the saved activations
+    under what the plain scheme holds for that prompt, so fast IG never needs more memory than the
+    plain scheme. ``"all"``: every layer in one batch (where the architecture lets rows join at their
+    own layer; else chunks of 6), the most memory (SmolLM2: ~2x the plain scheme on an 8-token prompt)
+    and the widest batches. An integer: chunks of that many layers. ``make bench`` prints the time
+    and peak memory of the default and of ``"all"``. The numbers do not depend on the chunks
     (bit-identical on the tiny models; within float32 reordering, ~5e-7 of the max score, on SmolLM2).
     With ``return_clean=True`` also returns the clean activations ``[n_prompts, n_layers, d_ff]``
     and the clean answer probabilities ``[n_prompts]``, which come for free.
@@ -394,11 +364,12 @@ def integrated_gradients(lm: LanguageModel, prompts: list[str], answers: list[st
     """
     _check_freeze(lm, freeze_norm)
     layers = sorted(set(_check(lm, prompts, answers, layers)))
-    by_memory = layer_chunk == "memory"
+    by_memory = layer_chunk is None or layer_chunk == "memory"
     if not by_memory:
-        layer_chunk = (lm.n_layers if lm.adapter.grows else 6) if layer_chunk is None else layer_chunk
-        if not isinstance(layer_chunk, int) or layer_chunk < 1:
-            raise ValueError(f"layer_chunk must be an integer >= 1, None (the default) or 'memory', got {layer_chunk!r}")
+        layer_chunk = (lm.n_layers if lm.adapter.grows else 6) if layer_chunk == "all" else layer_chunk
+        if not isinstance(layer_chunk, int) or isinstance(layer_chunk, bool) or layer_chunk < 1:
+            raise ValueError("layer_chunk must be None (the default: chunks under the plain scheme's memory), "
+                             f"'memory' (the same), 'all' or an integer >= 1, got {layer_chunk!r}")
     alphas, weights = ig_alphas(steps, method)
     dev = lm.device
     alphas, weights = alphas.to(dev), weights.to(dev)

@@ -259,7 +259,8 @@ def stack_from(lm: LanguageModel, start: int, hidden_in: torch.Tensor) -> Iterat
             return (hidden_in, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden_in}
 
-    handle = full[start].register_forward_pre_hook(swap_input, with_kwargs=True)
+    # first among the block's pre-hooks: the others (fast IG's joining rows) see the swapped input
+    handle = full[start].register_forward_pre_hook(swap_input, with_kwargs=True, prepend=True)
     try:
         setattr(parent, attr, torch.nn.ModuleList(list(full)[start:]))
         if layer_types is not None:

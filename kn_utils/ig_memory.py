@@ -3,26 +3,31 @@
 Fast IG (``attribution.integrated_gradients``) attributes several layers in one batch: each layer's
 ``steps`` rows join at that layer and run to the top, so a chunk of ``c`` layers holds the saved
 activations of about ``steps * c`` rows in every layer above it. All 30 layers of SmolLM2 at once
-hold ~2x what the plain scheme holds (``make bench`` measures both). The plain scheme's largest
-pass, layer 0 (``steps`` copies of the prompt through every layer), is the bound this module keeps
-the fast scheme under (``plan``): uniform chunks of as many layers as the lowest chunk, the largest,
-can hold.
+hold ~2x what the plain scheme holds on an 8-token prompt (``make bench`` measures both). The plain
+scheme's largest pass, layer 0 (``steps`` copies of the prompt through every layer), is the bound
+this module keeps the fast scheme under (``plan``, the default of ``integrated_gradients``): the
+fewest balanced chunks whose lowest, the largest, fits.
 
 The estimate counts float elements saved per token and layer; it is a model, not a measurement:
 
 - every token that runs a layer under autograd saves about ``4 * d_ff + 8 * d_model`` elements (the
-  FFN's gate/up/activation inputs, the norms' inputs, queries, keys, values, attention output), plus
+  FFN's gate/up/activation inputs, the norms' inputs, queries, keys, values, attention output;
+  counted with ``torch.autograd.graph.saved_tensors_hooks`` on a SmolLM2 fast batch, 3 * d_ff + ~4.5 *
+  d_model are saved, and the rest covers what the forward and backward hold in passing), plus
   ``n_heads * n_tokens`` attention probabilities when all positions attend (bidirectional models,
   and the plain scheme on any model);
-- a causal fast row runs one token but attends to the cached prefix: the concatenated and
-  head-repeated keys and values are saved too, ``4 * n_kv_heads * head_dim`` elements per prefix token.
+- a causal fast row runs one token but attends to the cached prefix. Where the adapter row sets
+  ``shared_prefix`` (``kn_utils.prefix_attention``) every row reads one copy of it and saves only its
+  attention probabilities, ``n_heads * n_tokens``; otherwise HF's cache concatenates a copy of the
+  prefix keys and values per row and repeats them per head, and autograd saves those,
+  ``4 * n_kv_heads * head_dim`` elements per prefix token.
 
-``make bench`` prints the measured peaks of the fast scheme (default and under this bound) and the
-plain scheme beside each other.
+``make bench`` prints the measured peaks of the fast scheme (under this bound, the default, and with
+every layer in one batch) and the plain scheme beside each other.
 
 Usage::
 
-    chunks, head_rows = plan(lm, range(lm.n_layers), steps=20, n_tokens=12)   # [[0..3], [4..7], ...], 80
+    chunks, head_rows = plan(lm, range(lm.n_layers), steps=20, n_tokens=12)   # [[0..9], [10..19], [20..29]], 200
     plain_elements(lm, 20, 12) + head_elements(lm, 20, buffers=3) >= chunk_elements(lm, chunks[0], 20, 12) + head_elements(lm, head_rows)
 """
 from __future__ import annotations
@@ -33,8 +38,9 @@ from .models import LanguageModel
 # (VmHWM over the loaded model, fresh process each) stay under the plain scheme's: SmolLM2 8/16
 # tokens 157/245, 251/428 MiB; BERT-base (one-layer chunks) 8/16 tokens 98/113, 173/208 MiB
 # (make bench at d8e82a9).
-SAFETY = 1.0
-HEAD_ROWS = 512  # the fast scheme's largest head block (rows per [rows, vocab] buffer)
+SAFETY = 0.9
+HEAD_ROWS = 512  # the fast scheme's largest head block (rows)
+VOCAB_BLOCK = 2048  # vocabulary entries per step of the head's online softmax (head_grad)
 
 
 def _dims(lm: LanguageModel) -> tuple[int, int, int, int]:
@@ -62,7 +68,9 @@ def chunk_elements(lm: LanguageModel, chunk: list[int], steps: int, n_tokens: in
     """What one fast-scheme batch over ``chunk`` (sorted layers) saves: per layer from the chunk's lowest
     to the top, the rows present there (``steps`` per chunk layer at or below it, plus one carrier row)."""
     _, _, kv_heads, head_dim = _dims(lm)
-    if lm.is_causal:  # one token per row, plus its view of the cached prefix
+    if lm.is_causal and lm.adapter.shared_prefix:  # one token per row, its probabilities over the one prefix copy
+        per_row = token_elements(lm, n_tokens, all_positions=True)
+    elif lm.is_causal:  # one token per row, plus its own copy of the cached prefix
         per_row = token_elements(lm, n_tokens, all_positions=False) + 4 * kv_heads * head_dim * n_tokens
     else:  # every position of every row runs
         per_row = n_tokens * token_elements(lm, n_tokens, all_positions=True)
@@ -81,21 +89,26 @@ def vocab_size(lm: LanguageModel) -> int:
     return int(lm.model.get_output_embeddings().weight.shape[0])
 
 
-def head_elements(lm: LanguageModel, rows: int, buffers: int = 1) -> int:
-    """The head's transient ``[rows, vocab]`` buffers for ``rows`` rows: 1 in the fast scheme (the closed-form
-    gradient turns its logits into the softmax in place, ``attribution.answer_prob_grad``), 3 under autograd
-    (logits, softmax and their gradient; the plain scheme, ``buffers=3``)."""
+def head_elements(lm: LanguageModel, rows: int, buffers: int | None = None) -> int:
+    """The head's transient buffers for ``rows`` rows. Fast scheme (``buffers=None``): one ``[rows,
+    VOCAB_BLOCK]`` block of logits and the ``[rows, d_model]`` running sum of the online softmax
+    (``head_grad._softmax_grad``). ``buffers=k``: ``k`` buffers of ``[rows, vocab]``; the plain scheme
+    holds 3 under autograd (logits, softmax and their gradient)."""
+    if buffers is None:
+        d_model, _, _, _ = _dims(lm)
+        return rows * (min(VOCAB_BLOCK, vocab_size(lm)) + d_model)
     return buffers * rows * vocab_size(lm)
 
 
 def plan(lm: LanguageModel, layers, steps: int, n_tokens: int, max_head_rows: int = HEAD_ROWS) -> tuple[list[list[int]], int]:
     """The fast scheme's layer chunks and head block size under the plain scheme's memory (body + head).
 
-    Chunks are uniform: ``c`` consecutive layers each, the largest ``c`` whose lowest chunk (the one
-    with most layers above it, so the largest) fits together with its head block. Uniform chunks
-    reuse the same buffer sizes chunk after chunk; chunks of varying sizes fragmented the allocator's
-    free memory and went ~30% over the estimate on SmolLM2. The head block is one pass per chunk
-    (``steps * c`` rows) up to ``max_head_rows`` and never below ``steps`` rows, the plain scheme's.
+    Chunks are consecutive and balanced: the fewest chunks whose lowest (the one with most layers above
+    it, so the largest) fits together with its head block, their sizes differing by at most one,
+    larger first ([8, 8, 7, 7], not [9, 9, 9, 3], whose small top chunk runs narrow batches). Nearly
+    uniform chunks reuse the same buffer sizes chunk after chunk; chunks of widely varying sizes
+    fragmented the allocator's free memory and went ~30% over the estimate on SmolLM2. The head block
+    is one pass per chunk (``steps * c`` rows) up to ``max_head_rows`` and never below ``steps`` rows.
     """
     layers = sorted(set(layers))
     if not layers:
@@ -107,5 +120,8 @@ def plan(lm: LanguageModel, layers, steps: int, n_tokens: int, max_head_rows: in
         if chunk_elements(lm, layers[:c], steps, n_tokens) + head > budget:
             break
         best = c
-    head_rows = max(steps, min(max_head_rows, steps * best))
-    return [layers[k:k + best] for k in range(0, len(layers), best)], head_rows
+    n_chunks = -(-len(layers) // best)
+    size, extra = divmod(len(layers), n_chunks)  # the first `extra` chunks get one layer more
+    bounds = [k * size + min(k, extra) for k in range(n_chunks + 1)]
+    head_rows = max(steps, min(max_head_rows, steps * (size + (extra > 0))))
+    return [layers[bounds[k]:bounds[k + 1]] for k in range(n_chunks)], head_rows

@@ -66,12 +66,10 @@ class Adapter:
     final_norm: str | None  # applied before the output head (None: the head has its own transform)
     head: str  # the output head (unembedding)
     body: str  # the model without its head (returns hidden states)
-    # The model's forward accepts a batch that grows between blocks (nothing reshapes hidden states
-    # to the input's batch size). Fast IG then adds each layer's rows at that layer; otherwise
-    # (GPT-2 views its output to the input shape) it cuts the block list instead.
+    # The forward accepts a batch that grows between blocks (nothing reshapes hidden states to the input's
+    # batch size): fast IG adds each layer's rows at that layer; otherwise (GPT-2) it cuts the block list.
     grows: bool = True
-    # inside a block: a norm applied to the FFN output before the residual add (Gemma 2/3), else None.
-    # Only read by attribution's freeze_norm option: nothing else depends on it.
+    # inside a block: a norm on the FFN output before the residual add (Gemma 2/3); only freeze_norm reads it
     post_ffn_norm: str | None = None
     # inside the head: its unembedding nn.Linear (None: the head itself) and what runs before it (None: nothing)
     head_out: str | None = None
@@ -81,10 +79,12 @@ class Adapter:
     # at the prediction position (None: no such module, nothing skipped)
     block_out: str | None = None
     top_trim: str | None = None
+    # causal: fast IG's rows attend to one copy of the cached prefix (kn_utils.prefix_attention), not per-row copies
+    shared_prefix: bool = False
 
 
 _LLAMA = Adapter("llama", True, "model.layers", "mlp.down_proj", 1,
-                 "model.embed_tokens", "model.norm", "lm_head", "model")
+                 "model.embed_tokens", "model.norm", "lm_head", "model", shared_prefix=True)
 
 ADAPTERS: dict[str, Adapter] = {
     # BERT: neurons = GELU(intermediate.dense(x)), the input of output.dense

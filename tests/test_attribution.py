@@ -326,9 +326,9 @@ def test_one_pass_scores_match_per_layer_autograd(name):
 
 
 def test_head_gradient_in_blocks_equals_one_pass(lm):
-    """answer_prob_grad splits the head's backward into row blocks (bounded [rows, vocab] buffers);
-    every row's gradient is what one autograd pass over all rows gives (to float rounding: BLAS may
-    pick another kernel for a block of one row)."""
+    """answer_prob_grad splits the head's backward into row blocks and the vocabulary into blocks of an
+    online softmax; every row's gradient is what one autograd pass over all rows gives (to float
+    rounding: BLAS may pick another kernel for a block of one row, the running max reorders sums)."""
     torch.manual_seed(0)
     hidden = torch.randn(7, lm.d_model)
     aid = lm.answer_id("Paris")
@@ -337,6 +337,10 @@ def test_head_gradient_in_blocks_equals_one_pass(lm):
     for rows in (1, 3, 7, 100):
         got = attribution.answer_prob_grad(lm, hidden, aid, rows=rows)
         assert rel_diff(got, want) < 1e-5, rows
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    for block in (64, 1000, vocab - 1, vocab, 10 * vocab):  # many blocks, uneven, exact and more than the vocabulary
+        got = attribution.answer_prob_grad(lm, hidden, aid, rows=3, vocab_block=block)
+        assert rel_diff(got, want) < 1e-5, block
     assert attribution.answer_prob_grad(lm, hidden[:0], aid).shape == (0, lm.d_model)
 
 
