@@ -169,7 +169,7 @@ $(BENCH_STAMP): $(VENV_STAMP) pyproject.toml
 # kn_utils/bench.py. Captum on SmolLM2 (the plain full-prompt scheme, ~10x ours) is timed on 1 prompt.
 # DEVICE=cuda: all of it on the GPU, with fp32 and TF32 matmul throughput.
 bench: $(VENV_STAMP) $(DATA_STAMP) $(BENCH_STAMP)
-	$(PY) -m kn_utils.bench --tokens 8 16 --peers --slow-peer-prompts smollm2-135m=1 \
+	$(PY) -m kn_utils.bench --tokens 8 16 --repeats 3 --peers --slow-peer-prompts smollm2-135m=1 \
 		$(if $(DEVICE),--device $(DEVICE)) --ours-chunks 2 --json .cache/bench.json
 
 # Jupyter Lab with this repository's settings (.jupyter/, added to the config path): a notebooks/*.py
