@@ -73,7 +73,7 @@ PEER_MODULE = {"knowledge-neurons": "knowledge_neurons", "captum": "captum"}
 PEER_VERSION = {"knowledge-neurons": "0.0.2", "captum": "0.9.0"}
 # Every scheme the bench times: ours (fast), ours (fast, chunked under the plain scheme's memory),
 # ours (plain reference scheme) and the peers; also "ours-chunk<N>", ours in uniform chunks of N layers.
-SCHEMES = ("ours", "ours-all", "ours-plain") + PEERS  # ours-all: layer_chunk="all", every layer in one batch
+SCHEMES = ("ours", "ours-memory", "ours-plain") + PEERS  # ours-memory: layer_chunk="memory"
 CHUNKED = "ours-chunk"
 
 
@@ -231,8 +231,8 @@ def scheme_scores(scheme: str, lm: LanguageModel, prompts: list[str], answers: l
     """Scores ``[n, layers, d_ff]`` of one scheme; ``method`` is the grid of ours (peers use their own)."""
     if scheme == "ours":
         return integrated_gradients(lm, prompts, answers, steps=steps, method=method)
-    if scheme == "ours-all":
-        return integrated_gradients(lm, prompts, answers, steps=steps, method=method, layer_chunk="all")
+    if scheme == "ours-memory":
+        return integrated_gradients(lm, prompts, answers, steps=steps, method=method, layer_chunk="memory")
     if chunk := chunk_of(scheme):
         return integrated_gradients(lm, prompts, answers, steps=steps, method=method, layer_chunk=chunk)
     if scheme == "ours-plain":

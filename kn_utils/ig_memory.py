@@ -5,8 +5,8 @@ Fast IG (``attribution.integrated_gradients``) attributes several layers in one 
 activations of about ``steps * c`` rows in every layer above it. All 30 layers of SmolLM2 at once
 hold ~2x what the plain scheme holds on an 8-token prompt (``make bench`` measures both). The plain
 scheme's largest pass, layer 0 (``steps`` copies of the prompt through every layer), is the bound
-this module keeps the fast scheme under (``plan``, the default of ``integrated_gradients``): the
-fewest balanced chunks whose lowest, the largest, fits.
+this module keeps the fast scheme under (``plan``, ``integrated_gradients(..., layer_chunk="memory")``):
+the fewest balanced chunks whose lowest, the largest, fits.
 
 The estimate counts float elements saved per token and layer; it is a model, not a measurement:
 
@@ -22,8 +22,8 @@ The estimate counts float elements saved per token and layer; it is a model, not
   prefix keys and values per row and repeats them per head, and autograd saves those,
   ``4 * n_kv_heads * head_dim`` elements per prefix token.
 
-``make bench`` prints the measured peaks of the fast scheme (under this bound, the default, and with
-every layer in one batch) and the plain scheme beside each other.
+``make bench`` prints the measured peaks of the fast scheme (by default, one batch, and under this
+bound) and the plain scheme beside each other.
 
 Usage::
 

@@ -187,7 +187,7 @@ def test_bench_cli_with_peers(tmp_path, capsys):
     data = json.loads(out.read_text())
     by_model = {r["model"]: r for r in data["peers"]}
     assert "knowledge-neurons" in by_model["tiny-llama"]["skipped"]
-    assert {"ours-all", "ours-chunk2"} <= {row["scheme"] for row in by_model["tiny-bert"]["rows"]}
+    assert {"ours-memory", "ours-chunk2"} <= {row["scheme"] for row in by_model["tiny-bert"]["rows"]}
     for r in data["peers"]:
         for row in r["rows"]:
             if "max_rel_diff" in row:
