@@ -34,10 +34,11 @@ from __future__ import annotations
 
 from .models import LanguageModel
 
-# Share of the plain scheme's estimate a chunk may use. At 1.0 with uniform chunks the measured peaks
-# (VmHWM over the loaded model, fresh process each) stay under the plain scheme's: SmolLM2 8/16
-# tokens 157/245, 251/428 MiB; BERT-base (one-layer chunks) 8/16 tokens 98/113, 173/208 MiB
-# (make bench at d8e82a9).
+# Share of the plain scheme's estimate a chunk may use. The estimate is not the measurement: at 1.0 a
+# single SmolLM2 batch fitted at 16 tokens and measured +408 to +440 MiB against the plain scheme's
+# +405 to +420. At 0.9 with balanced chunks the measured peaks (VmHWM over the loaded model, fresh
+# process each, make bench at e5efa1b) against the plain scheme's: SmolLM2 8/16 tokens 170/212,
+# 213/409 MiB; BERT-base 102/110, 196/190 MiB (one layer per chunk, the least there is: 3% over).
 SAFETY = 0.9
 HEAD_ROWS = 512  # the fast scheme's largest head block (rows)
 VOCAB_BLOCK = 2048  # vocabulary entries per step of the head's online softmax (head_grad)
