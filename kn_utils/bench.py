@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="models for fast vs plain (none: only the peers)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--tokens", type=int, nargs="+", default=[8], help="prompt lengths in model tokens")
-    ap.add_argument("--repeats", type=int, default=1, help="runs of fast IG (default and one batch) per prompt; the best counts")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of fast IG (the default and layer_chunk='memory', interleaved) per prompt; the best counts")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--peers", action="store_true", help="also run knowledge-neurons and Captum beside ours")
     ap.add_argument("--peer-models", nargs="+", default=["bert-base-random", "smollm2-135m"])

@@ -37,9 +37,10 @@ def _softmax_grad(z: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, a
                   vocab_block: int) -> torch.Tensor:
     """``d p_a / d z = p_a (W_a - p W)`` for ``p = softmax(z W^T + b)``, ``[rows, d_in]``, the vocabulary
     ``vocab_block`` entries at a time with a running max (an online softmax): ``p W`` accumulates
-    ``exp(logit - max) W_v`` block by block and is divided by the running sum at the end. One
-    ``[rows, vocab_block]`` buffer stays in cache where a ``[rows, vocab]`` one (100 MB for 512 rows of
-    SmolLM2) went to memory: the head's two products ran at ~65% of the matmul rate that way."""
+    ``exp(logit - max) W_v`` block by block and is divided by the running sum at the end: one
+    ``[rows, vocab_block]`` buffer where the closed form in one piece held ``[rows, vocab]`` (100 MB for
+    512 rows of SmolLM2), whose logits product ran at 65 GFLOP/s inside IG (125 alone; why, we did not
+    measure). On 600 SmolLM2 rows, alone: 0.41 s here against 0.62 s in one piece."""
     wide = torch.promote_types(w.dtype, torch.float32)  # the softmax in at least float32; float64 stays
     rows, vocab = z.shape[0], w.shape[0]
     top = torch.full((rows, 1), -float("inf"), dtype=wide, device=z.device)  # running max logit

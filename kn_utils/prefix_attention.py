@@ -4,7 +4,7 @@ Fast IG runs ``steps * layers`` rows of the prediction token over the same clean
 Hugging Face's cache every row gets its own copy of the prefix keys and values (the cache
 concatenates the row's new key onto an expanded view, and ``repeat_kv`` repeats it per head), and
 autograd saves those copies for the backward: per row and layer ``4 * kv_heads * head_dim * prefix``
-elements, more than the row's own activations on a 16-token prompt. Here the prefix is held once:
+elements, more than the row's own activations on a 16-token SmolLM2 prompt. Here the prefix is held once:
 a row's scores against it are one matmul per key/value head over all rows, its score against its
 own key an elementwise product, and one softmax covers both. The numbers are those of the eager
 attention up to float32 reordering.
