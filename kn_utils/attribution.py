@@ -344,10 +344,10 @@ def integrated_gradients(lm: LanguageModel, prompts: list[str], answers: list[st
     batch where the architecture lets rows join at their own layer (else chunks of 6): the widest
     batches and one pass over the weights, the most memory (SmolLM2: ~2x the plain scheme on an
     8-token prompt, about the same on a 16-token one). ``"memory"``: per prompt, the chunks and head
-    blocks of ``ig_memory.plan``, as few balanced chunks as keep the saved activations under what the
-    plain scheme holds for that prompt, at the cost of one pass over the weights per chunk (SmolLM2,
-    8 tokens: 4 chunks, ~7% slower; on 12 prompts of the default study, 5-14 tokens, ~30%). An integer: chunks of
-    that many layers. ``make bench`` prints the time and peak memory of both. The numbers do not depend on the chunks
+    blocks of ``ig_memory.plan``, the fewest chunks of consecutive layers that keep the saved
+    activations under what the plain scheme holds for that prompt, balanced by what they hold, at the
+    cost of one pass over the weights per chunk (SmolLM2: 3 chunks at 8-10 tokens, 2 at 11-20; ~10%
+    slower on 12 prompts of the default study, 8-13 tokens). An integer: chunks of that many layers. ``make bench`` prints the time and peak memory of both. The numbers do not depend on the chunks
     (bit-identical on the tiny models; within float32 reordering, ~5e-7 of the max score, on SmolLM2).
     With ``return_clean=True`` also returns the clean activations ``[n_prompts, n_layers, d_ff]``
     and the clean answer probabilities ``[n_prompts]``, which come for free.

@@ -6,7 +6,7 @@ activations of about ``steps * c`` rows in every layer above it. All 30 layers o
 hold ~2x what the plain scheme holds on an 8-token prompt (``make bench`` measures both). The plain
 scheme's largest pass, layer 0 (``steps`` copies of the prompt through every layer), is the bound
 this module keeps the fast scheme under (``plan``, ``integrated_gradients(..., layer_chunk="memory")``):
-the fewest balanced chunks whose lowest, the largest, fits.
+the fewest chunks of consecutive layers that fit, balanced by what they hold.
 
 The estimate counts float elements saved per token and layer; it is a model, not a measurement:
 
@@ -27,19 +27,21 @@ bound) and the plain scheme beside each other.
 
 Usage::
 
-    chunks, head_rows = plan(lm, range(lm.n_layers), steps=20, n_tokens=12)   # [[0..9], [10..19], [20..29]], 200
+    chunks, head_rows = plan(lm, range(lm.n_layers), steps=20, n_tokens=12)   # SmolLM2: [[0..8], [9..29]], 420
     plain_elements(lm, 20, 12) + head_elements(lm, 20, buffers=3) >= chunk_elements(lm, chunks[0], 20, 12) + head_elements(lm, head_rows)
 """
 from __future__ import annotations
 
 from .models import LanguageModel
 
-# Share of the plain scheme's estimate a chunk may use. The estimate is not the measurement: at 1.0 a
-# single SmolLM2 batch fitted at 16 tokens and measured +408 to +440 MiB against the plain scheme's
-# +405 to +420. At 0.9 with balanced chunks the measured peaks (VmHWM over the loaded model, fresh
-# process each, make bench at e5efa1b) against the plain scheme's: SmolLM2 8/16 tokens 170/212,
-# 213/409 MiB; BERT-base 102/110, 196/190 MiB (one layer per chunk, the least there is: 3% over).
-SAFETY = 0.9
+# Share of the plain scheme's estimate a chunk may use. The estimate is not the measurement: a fast
+# chunk's measured peak ran from 0.8 to 1.3 of its estimate (SmolLM2; the same chunks vary by up to 40%
+# between fresh processes, as the allocator's free memory happens to fall), the plain scheme's from
+# 1.0 to 1.07. At 0.9, a 9-token SmolLM2 prompt got 2 chunks and measured +240 to +246 MiB against the
+# plain scheme's +233 (VmHWM over the loaded model, fresh process each, 2026-12-07). At 0.75, the same
+# measurement, three runs each against one of the plain scheme: 5 tokens +84 to +95 vs +132 MiB,
+# 9 tokens +129 to +155 vs +235, 11 tokens +231 to +232 vs +301, 12 tokens +229 to +249 vs +308.
+SAFETY = 0.75
 HEAD_ROWS = 512  # the fast scheme's largest head block (rows)
 VOCAB_BLOCK = 2048  # vocabulary entries per step of the head's online softmax (head_grad)
 
@@ -75,15 +77,14 @@ def chunk_elements(lm: LanguageModel, chunk: list[int], steps: int, n_tokens: in
         per_row = token_elements(lm, n_tokens, all_positions=False) + 4 * kv_heads * head_dim * n_tokens
     else:  # every position of every row runs
         per_row = n_tokens * token_elements(lm, n_tokens, all_positions=True)
-    total = 0
     up = 1 if lm.adapter.block_out and not lm.is_causal else 0  # rows start a block above their layer
-    for j in range(chunk[0], lm.n_layers):
-        if lm.adapter.grows:  # rows join at their own layer (or the next); one carrier row runs the clean states up
-            rows = steps * sum(1 for l in chunk if l + up <= j) + 1
-        else:  # the block list is cut at the chunk's lowest layer: every row runs from there
-            rows = steps * len(chunk)
-        total += rows * per_row
-    return total
+    n_layers = lm.n_layers
+    if lm.adapter.grows:  # rows join at their own layer (or the next); one carrier row runs the clean states up
+        # layer l's steps rows run layers l + up .. top (none where that is past the top: they skip the body)
+        rows = (n_layers - chunk[0]) + steps * sum(max(0, n_layers - l - up) for l in chunk)
+    else:  # the block list is cut at the chunk's lowest layer: every row runs from there
+        rows = steps * len(chunk) * (n_layers - chunk[0])
+    return rows * per_row  # rows summed over the layers they run
 
 
 def vocab_size(lm: LanguageModel) -> int:
@@ -104,25 +105,37 @@ def head_elements(lm: LanguageModel, rows: int, buffers: int | None = None) -> i
 def plan(lm: LanguageModel, layers, steps: int, n_tokens: int, max_head_rows: int = HEAD_ROWS) -> tuple[list[list[int]], int]:
     """The fast scheme's layer chunks and head block size under the plain scheme's memory (body + head).
 
-    Chunks are consecutive and balanced: the fewest chunks whose lowest (the one with most layers above
-    it, so the largest) fits together with its head block, their sizes differing by at most one,
-    larger first ([8, 8, 7, 7], not [9, 9, 9, 3], whose small top chunk runs narrow batches). Nearly
-    uniform chunks reuse the same buffer sizes chunk after chunk; chunks of widely varying sizes
-    fragmented the allocator's free memory and went ~30% over the estimate on SmolLM2. The head block
-    is one pass per chunk (``steps * c`` rows) up to ``max_head_rows`` and never below ``steps`` rows.
+    Chunks are consecutive layers, as few as fit the bound, and balanced by what they hold, not by
+    their number of layers: a low layer's rows run more layers than a high one's, so the lowest chunk
+    has the fewest layers (SmolLM2, 8 tokens: [0..5], [6..13], [14..29]; equal layer counts needed 4
+    chunks, [8, 8, 7, 7], whose first held 4x what the last did). Among the partitions into that many
+    chunks this one has the smallest largest chunk (a bisection on the bound). Where one layer's rows
+    alone hold more than the bound (BERT-base), that layer's batch is the bound: nothing holds less. The head block is one pass per chunk (``steps`` rows per layer of the
+    widest chunk) up to ``max_head_rows`` and never below ``steps`` rows.
     """
     layers = sorted(set(layers))
     if not layers:
         return [], min(max_head_rows, steps)
     budget = SAFETY * (plain_elements(lm, steps, n_tokens) + head_elements(lm, steps, buffers=3))
-    best = 1
-    for c in range(1, len(layers) + 1):
-        head = head_elements(lm, max(steps, min(max_head_rows, steps * c)))
-        if chunk_elements(lm, layers[:c], steps, n_tokens) + head > budget:
-            break
-        best = c
-    n_chunks = -(-len(layers) // best)
-    size, extra = divmod(len(layers), n_chunks)  # the first `extra` chunks get one layer more
-    bounds = [k * size + min(k, extra) for k in range(n_chunks + 1)]
-    head_rows = max(steps, min(max_head_rows, steps * (size + (extra > 0))))
-    return [layers[bounds[k]:bounds[k + 1]] for k in range(n_chunks)], head_rows
+    head = head_elements(lm, max(steps, min(max_head_rows, steps * len(layers))))  # the widest head block there can be
+
+    def cost(chunk):
+        return chunk_elements(lm, chunk, steps, n_tokens) + head
+
+    def greedy(cap):  # the fewest chunks within cap: each as long as it fits (costs grow as a chunk grows)
+        chunks, start = [], 0
+        for end in range(2, len(layers) + 1):
+            if cost(layers[start:end]) > cap:
+                chunks.append(layers[start:end - 1])
+                start = end - 1
+        return chunks + [layers[start:]]
+
+    lone = max(cost([l]) for l in layers)  # a layer's own rows run in one batch: nothing holds less
+    chunks = greedy(max(budget, lone))
+    lo, hi = lone, max(cost(c) for c in chunks)  # bisect for the smallest cap that gives as few chunks
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if len(greedy(mid)) <= len(chunks) else (mid + 1, hi)
+    chunks = greedy(hi)
+    head_rows = max(steps, min(max_head_rows, steps * max(len(c) for c in chunks)))
+    return chunks, head_rows
