@@ -8,7 +8,17 @@ rounding the change was allowed to cause, and nothing else): their committed stu
 after a pure restructuring (tests/test_committed_results.py). Regenerating a fingerprint empties that
 list, since a change of behaviour makes every earlier result stale.
 
-    python tests/behaviour.py write params/smoke.yaml results/smoke      # after a change of behaviour
+Float32 sums depend on the CPU: torch's BLAS (MKL) and its own kernels pick their code by the
+instruction set, and an AVX-512 machine's smoke numbers differ from an AVX2 machine's in the last
+bits (on 2026-12-07 the same code, 4014b6c, gave 256 such differences on smoke.yaml; their rendering
+moves a last digit in texts such as "TOST p = 0.0022"). So a file holds one fingerprint per
+instruction set (``torch.backends.cpu.get_cpu_capability()``): ``notebooks`` for the one named by
+``cpu`` and ``by_cpu`` for the others, all from the same code. On an instruction set with no
+recorded fingerprint the run is compared with the closest one within what float32 reordering moves
+(``CROSS_CPU``): numbers within 1e-2 relative or 1e-3 absolute, texts with their digits masked.
+
+    python tests/behaviour.py write params/smoke.yaml results/smoke      # after a change of behaviour (this CPU only)
+    python tests/behaviour.py add-cpu params/smoke.yaml results/smoke    # record this CPU's numbers, same behaviour
     python tests/behaviour.py compare params/smoke.yaml /tmp/old-smoke   # another run against the file
 """
 from __future__ import annotations
@@ -24,6 +34,10 @@ REL_TOL = 1e-6
 SIGNIFICANT = 10  # digits kept in the file: well below REL_TOL, so storage never decides a comparison
 # wall-clock times printed inside texts ("0.03 s per fact") are measurements of the machine, not behaviour
 SECONDS = re.compile(r"\d+(?:\.\d+)? s\b")
+# across instruction sets: what float32 reordering moved on the smoke runs (AVX2 against AVX-512: at most
+# 1.6e-2 relative away from zero, 6.6e-4 absolute for a CI bound near zero), with room
+CROSS_CPU = {"rel_tol": 1e-2, "abs_tol": 1e-3}
+DIGITS = re.compile(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
 
 def flatten(obj, prefix: str = "") -> dict:
@@ -53,8 +67,16 @@ def fingerprint(results_dir: str | Path) -> dict[str, dict]:
             if p.parent.name != "99_report"}
 
 
-def differences(want: dict[str, dict], got: dict[str, dict], rel_tol: float = REL_TOL) -> list[str]:
-    """Every value that differs: numbers beyond ``rel_tol`` relative, anything else when not equal."""
+def cpu() -> str:
+    """The instruction set torch's kernels run with here ("AVX2", "AVX512", ...)."""
+    import torch
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def differences(want: dict[str, dict], got: dict[str, dict], rel_tol: float = REL_TOL, abs_tol: float = 0.0,
+                mask_digits: bool = False) -> list[str]:
+    """Every value that differs: numbers beyond ``rel_tol`` relative and ``abs_tol`` absolute, anything
+    else when not equal (texts with their numbers masked, ``mask_digits``)."""
     out = []
     for nb in sorted(set(want) | set(got)):
         if nb not in got or nb not in want:
@@ -64,9 +86,11 @@ def differences(want: dict[str, dict], got: dict[str, dict], rel_tol: float = RE
         for key in sorted(set(w) | set(g)):
             a, b = w.get(key, "<absent>"), g.get(key, "<absent>")
             numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
-            if numbers and (a == b or abs(a - b) <= rel_tol * max(abs(a), abs(b))):
+            if numbers and (a == b or abs(a - b) <= max(rel_tol * max(abs(a), abs(b)), abs_tol)):
                 continue
             if not numbers and a == b:
+                continue
+            if mask_digits and isinstance(a, str) and isinstance(b, str) and DIGITS.sub("#", a) == DIGITS.sub("#", b):
                 continue
             out.append(f"{nb}{key}: {a!r} -> {b!r}")
     return out
@@ -80,13 +104,40 @@ def load(params_file: str | Path) -> dict:
     return json.loads(path_for(params_file).read_text())
 
 
+def check(params_file: str | Path, results_dir: str | Path) -> tuple[str, list[str]]:
+    """How a run compares with the file: against this instruction set's fingerprint (``REL_TOL``), or,
+    where none is recorded, against the file's own within ``CROSS_CPU``. Returns (how, differences)."""
+    data, here, got = load(params_file), cpu(), fingerprint(results_dir)
+    recorded = {data.get("cpu", "AVX2"): data["notebooks"], **data.get("by_cpu", {})}
+    if here in recorded:
+        return f"the {here} fingerprint", differences(recorded[here], got)
+    return (f"the {data.get('cpu', 'AVX2')} fingerprint within {CROSS_CPU} (none for {here})",
+            differences(data["notebooks"], got, **CROSS_CPU, mask_digits=True))
+
+
+def add_cpu(params_file: str | Path, results_dir: str | Path) -> Path:
+    """Record this instruction set's fingerprint beside the others, after checking that the run is the
+    same behaviour within ``CROSS_CPU`` (the code must be the one the file was written with)."""
+    data = load(params_file)
+    diffs = differences(data["notebooks"], fingerprint(results_dir), **CROSS_CPU, mask_digits=True)
+    if diffs:
+        raise SystemExit(f"not the same behaviour within {CROSS_CPU}: " + "; ".join(diffs[:10]))
+    if cpu() == data.get("cpu", "AVX2"):
+        raise SystemExit(f"{cpu()} is the file's own instruction set: use write after a change of behaviour")
+    data.setdefault("cpu", "AVX2")
+    data.setdefault("by_cpu", {})[cpu()] = fingerprint(results_dir)
+    path = path_for(params_file)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    return path
+
+
 def verified_commits(params_file: str | Path) -> list[str]:
     """The commits recorded as behaving like the fingerprint."""
     return [v["commit"] for v in load(params_file)["verified_at"]]
 
 
 def write(params_file: str | Path, results_dir: str | Path, verified_at: list[dict] | None = None) -> Path:
-    data = {"params_file": Path(params_file).as_posix(), "verified_at": verified_at or [],
+    data = {"params_file": Path(params_file).as_posix(), "verified_at": verified_at or [], "cpu": cpu(),
             "notebooks": fingerprint(results_dir)}
     HERE.mkdir(exist_ok=True)
     path = path_for(params_file)
@@ -95,16 +146,19 @@ def write(params_file: str | Path, results_dir: str | Path, verified_at: list[di
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[0] not in ("write", "compare"):
+    if len(argv) != 3 or argv[0] not in ("write", "add-cpu", "compare"):
         print(__doc__.split("\n\n")[-1])
         return 2
     verb, params_file, results_dir = argv
     if verb == "write":
         print(f"wrote {write(params_file, results_dir)}")
         return 0
-    diffs = differences(load(params_file)["notebooks"], fingerprint(results_dir))
+    if verb == "add-cpu":
+        print(f"added {cpu()} to {add_cpu(params_file, results_dir)}")
+        return 0
+    how, diffs = check(params_file, results_dir)
     print("\n".join(diffs) or "same")
-    print(f"{len(diffs)} differences")
+    print(f"{len(diffs)} differences from {how}")
     return 1 if diffs else 0
 
 
