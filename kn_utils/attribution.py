@@ -347,7 +347,8 @@ def integrated_gradients(lm: LanguageModel, prompts: list[str], answers: list[st
     blocks of ``ig_memory.plan``, the fewest chunks of consecutive layers that keep the saved
     activations under what the plain scheme holds for that prompt, balanced by what they hold, at the
     cost of one pass over the weights per chunk (SmolLM2: 3 chunks at 8-10 tokens, 2 at 11-20; ~10%
-    slower on 12 prompts of the default study, 8-13 tokens). An integer: chunks of that many layers. ``make bench`` prints the time and peak memory of both. The numbers do not depend on the chunks
+    slower on 12 prompts of the default study, 8-13 tokens); where one layer's rows alone would hold
+    more (BERT-base), that layer's steps run in parts. An integer: chunks of that many layers. ``make bench`` prints the time and peak memory of both. The numbers do not depend on the chunks
     (bit-identical on the tiny models; within float32 reordering, ~5e-7 of the max score, on SmolLM2).
     With ``return_clean=True`` also returns the clean activations ``[n_prompts, n_layers, d_ff]``
     and the clean answer probabilities ``[n_prompts]``, which come for free.
@@ -377,7 +378,8 @@ def integrated_gradients(lm: LanguageModel, prompts: list[str], answers: list[st
     scores = torch.zeros(len(prompts), lm.n_layers, lm.d_ff)
     clean_acts = torch.zeros(len(prompts), lm.n_layers, lm.d_ff)
     clean_p = torch.zeros(len(prompts))
-    fixed = None if by_memory else ([layers[k:k + layer_chunk] for k in range(0, len(layers), layer_chunk)], HEAD_ROWS)
+    fixed = None if by_memory else ([ig_memory.Chunk(layers[k:k + layer_chunk]) for k in range(0, len(layers), layer_chunk)],
+                                    HEAD_ROWS)
     with frozen(lm):
         for i in tqdm(range(len(prompts)), desc="IG", disable=not progress, leave=False):
             answer_id = lm.answer_id(answers[i])
@@ -385,15 +387,16 @@ def integrated_gradients(lm: LanguageModel, prompts: list[str], answers: list[st
             clean_acts[i] = run.acts.cpu()
             clean_p[i] = run.probs[answer_id].cpu()
             chunks, head_rows = ig_memory.plan(lm, layers, steps, int(run.ids.shape[1])) if by_memory else fixed
-            for chunk in chunks:
-                patches = [(l, (alphas[:, None] * run.acts[l][None, :]).requires_grad_(True))  # [steps, d_ff]
-                           for l in chunk]
+            for chunk in chunks:  # ig_memory.Chunk: layers, and the slice of the steps they run (usually all)
+                a, w = alphas[chunk.steps], weights[chunk.steps]  # [k], k steps of this chunk
+                patches = [(l, (a[:, None] * run.acts[l][None, :]).requires_grad_(True))  # [k, d_ff]
+                           for l in chunk.layers]
                 # the head's backward a block of rows at a time, then the body's for all rows at once
-                hidden = run.patched_hidden(patches, freeze_norm)  # [steps * len(chunk), d_model]
-                grad_hidden = answer_prob_grad(lm, hidden, answer_id, head_rows)  # [steps * len(chunk), d_model]
-                grads = torch.autograd.grad(hidden, [v for _, v in patches], grad_outputs=grad_hidden)  # each [steps, d_ff]
-                for l, g in zip(chunk, grads):
-                    scores[i, l] = (run.acts[l] * (weights[:, None] * g).sum(0)).cpu()  # [d_ff]
+                hidden = run.patched_hidden(patches, freeze_norm)  # [k * len(layers), d_model]
+                grad_hidden = answer_prob_grad(lm, hidden, answer_id, head_rows)  # [k * len(layers), d_model]
+                grads = torch.autograd.grad(hidden, [v for _, v in patches], grad_outputs=grad_hidden)  # each [k, d_ff]
+                for l, g in zip(chunk.layers, grads):  # a layer split over chunks sums its parts; 0 + x is x
+                    scores[i, l] += (run.acts[l] * (w[:, None] * g).sum(0)).cpu()  # [d_ff]
     return (scores, clean_acts, clean_p) if return_clean else scores
 
 

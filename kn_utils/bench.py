@@ -134,7 +134,10 @@ def bench_model(name: str, steps: int, n_tokens: int, repeats: int, pararel, dev
             mem[f"{key}_peak_mib"], mem["peak_how"] = m["increase_mib"], m["how"]
     chunks, head_rows = ig_memory.plan(lm, range(lm.n_layers), steps, n_tokens)
     return {
-        "layer_chunks": [len(c) for c in chunks], "head_rows": head_rows,
+        # per chunk its number of layers, and its steps where it runs a part of them
+        "layer_chunks": [len(c.layers) if c.steps == slice(None) else f"{len(c.layers)} ({c.steps.stop - c.steps.start} steps)"
+                         for c in chunks],
+        "head_rows": head_rows,
         "peak_gflops": peak_gflops, "fast_share_of_peak": f_fast / t_fast / 1e9 / peak_gflops, **mem,
         "bounded_s_per_prompt": t_bounded, "diff_bounded_vs_fast": rel(s_bounded, s_fast),
         "model": name, "device": str(lm.device), "prompt": prompt, "answer": answer, "tokens": n_tokens,
@@ -161,7 +164,8 @@ def print_model(r: dict) -> None:
               f"against the fp64 plain scheme {r['diff_fast_tf32_vs_fp64']:.2e}")
     print(f"  fast IG share of this machine's fp32 matmul rate ({r['peak_gflops']:.1f} GFLOP/s, measured just "
           f"before and after): {100 * r['fast_share_of_peak']:.0f}%")
-    print(f"  fast IG under the plain scheme's memory (layer_chunk='memory': layer chunks {r['layer_chunks']}, "
+    chunks = ", ".join(map(str, r["layer_chunks"]))
+    print(f"  fast IG under the plain scheme's memory (layer_chunk='memory': layer chunks [{chunks}], "
           f"head blocks of {r['head_rows']} rows): {r['bounded_s_per_prompt']:.2f} s/prompt "
           f"({100 * r['fast_gflop'] / r['bounded_s_per_prompt'] / r['peak_gflops']:.0f}% of the peak), "
           f"max |score diff| / max |score| against the default (one batch) {r['diff_bounded_vs_fast']:.1e}")

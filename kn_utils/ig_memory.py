@@ -27,10 +27,13 @@ bound) and the plain scheme beside each other.
 
 Usage::
 
-    chunks, head_rows = plan(lm, range(lm.n_layers), steps=20, n_tokens=12)   # SmolLM2: [[0..8], [9..29]], 420
-    plain_elements(lm, 20, 12) + head_elements(lm, 20, buffers=3) >= chunk_elements(lm, chunks[0], 20, 12) + head_elements(lm, head_rows)
+    chunks, head_rows = plan(lm, range(lm.n_layers), steps=20, n_tokens=12)   # SmolLM2: [Chunk([0..8]), Chunk([9..29])], 420
+    plain_elements(lm, 20, 12) + head_elements(lm, 20, buffers=3) >= chunk_elements(lm, chunks[0].layers, 20, 12) + head_elements(lm, head_rows)
+    plan(bert, range(12), steps=20, n_tokens=12)[0][:2]    # [Chunk([0], slice(0, 10)), Chunk([0], slice(10, 20))]: layer 0 in two parts
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from .models import LanguageModel
 
@@ -41,6 +44,8 @@ from .models import LanguageModel
 # plain scheme's +233 (VmHWM over the loaded model, fresh process each, 2026-12-07). At 0.75, the same
 # measurement, three runs each against one of the plain scheme: 5 tokens +84 to +95 vs +132 MiB,
 # 9 tokens +129 to +155 vs +235, 11 tokens +231 to +232 vs +301, 12 tokens +229 to +249 vs +308.
+# BERT-base, its low layers' steps in parts (plan): 8 / 12 / 16 tokens +82 to +88, +114 to +117, +135 to +146
+# against the plain scheme's +96, +132, +179 (two runs each).
 SAFETY = 0.75
 HEAD_ROWS = 512  # the fast scheme's largest head block (rows)
 VOCAB_BLOCK = 2048  # vocabulary entries per step of the head's online softmax (head_grad)
@@ -102,16 +107,32 @@ def head_elements(lm: LanguageModel, rows: int, buffers: int | None = None) -> i
     return buffers * rows * vocab_size(lm)
 
 
-def plan(lm: LanguageModel, layers, steps: int, n_tokens: int, max_head_rows: int = HEAD_ROWS) -> tuple[list[list[int]], int]:
-    """The fast scheme's layer chunks and head block size under the plain scheme's memory (body + head).
+class Chunk(NamedTuple):
+    """One batch of fast IG: these layers' rows, for the steps ``steps`` of the ``m`` (all of them
+    unless one layer's rows alone would hold more than the bound; ``plan``)."""
+    layers: list[int]
+    steps: slice = slice(None)
+
+
+def _parts(n: int, k: int) -> list[slice]:
+    """``range(n)`` in ``k`` consecutive parts whose sizes differ by at most one, larger first."""
+    size, extra = divmod(n, k)
+    bounds = [i * size + min(i, extra) for i in range(k + 1)]
+    return [slice(bounds[i], bounds[i + 1]) for i in range(k)]
+
+
+def plan(lm: LanguageModel, layers, steps: int, n_tokens: int, max_head_rows: int = HEAD_ROWS) -> tuple[list[Chunk], int]:
+    """The fast scheme's chunks and head block size under the plain scheme's memory (body + head).
 
     Chunks are consecutive layers, as few as fit the bound, and balanced by what they hold, not by
     their number of layers: a low layer's rows run more layers than a high one's, so the lowest chunk
     has the fewest layers (SmolLM2, 8 tokens: [0..5], [6..13], [14..29]; equal layer counts needed 4
     chunks, [8, 8, 7, 7], whose first held 4x what the last did). Among the partitions into that many
     chunks this one has the smallest largest chunk (a bisection on the bound). Where one layer's rows
-    alone hold more than the bound (BERT-base), that layer's batch is the bound: nothing holds less. The head block is one pass per chunk (``steps`` rows per layer of the
-    widest chunk) up to ``max_head_rows`` and never below ``steps`` rows.
+    alone hold more than the bound (BERT-base: all positions of every row run, up to 11 blocks), its
+    ``steps`` rows run in the fewest parts that fit, one chunk each (each part's steps are a slice of
+    the grid; IG sums over steps, so the parts' sums add up), down to one step per part. The head
+    block is one pass per chunk (its rows) up to ``max_head_rows`` and never below ``steps`` rows.
     """
     layers = sorted(set(layers))
     if not layers:
@@ -119,8 +140,16 @@ def plan(lm: LanguageModel, layers, steps: int, n_tokens: int, max_head_rows: in
     budget = SAFETY * (plain_elements(lm, steps, n_tokens) + head_elements(lm, steps, buffers=3))
     head = head_elements(lm, max(steps, min(max_head_rows, steps * len(layers))))  # the widest head block there can be
 
-    def cost(chunk):
-        return chunk_elements(lm, chunk, steps, n_tokens) + head
+    def cost(chunk, m=steps):
+        return chunk_elements(lm, chunk, m, n_tokens) + head
+
+    split: list[Chunk] = []  # the low layers whose rows alone are over the bound, in parts of their steps
+    while layers and cost(layers[:1]) > budget:
+        k = next((k for k in range(2, steps + 1) if cost(layers[:1], -(-steps // k)) <= budget), steps)
+        split += [Chunk(layers[:1], part) for part in _parts(steps, k)]
+        layers = layers[1:]  # a higher layer's rows run fewer blocks: it holds less
+    if not layers:
+        return split, max(steps, min(max_head_rows, steps))
 
     def greedy(cap):  # the fewest chunks within cap: each as long as it fits (costs grow as a chunk grows)
         chunks, start = [], 0
@@ -130,12 +159,11 @@ def plan(lm: LanguageModel, layers, steps: int, n_tokens: int, max_head_rows: in
                 start = end - 1
         return chunks + [layers[start:]]
 
-    lone = max(cost([l]) for l in layers)  # a layer's own rows run in one batch: nothing holds less
-    chunks = greedy(max(budget, lone))
-    lo, hi = lone, max(cost(c) for c in chunks)  # bisect for the smallest cap that gives as few chunks
+    chunks = greedy(budget)
+    lo, hi = max(cost([l]) for l in layers), max(cost(c) for c in chunks)  # bisect for the smallest cap giving as few
     while lo < hi:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if len(greedy(mid)) <= len(chunks) else (mid + 1, hi)
     chunks = greedy(hi)
     head_rows = max(steps, min(max_head_rows, steps * max(len(c) for c in chunks)))
-    return chunks, head_rows
+    return split + [Chunk(c) for c in chunks], head_rows

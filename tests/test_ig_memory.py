@@ -22,40 +22,84 @@ def _partitions(layers):
             yield [layers[:k]] + rest
 
 
+def _budget(lm, steps, n_tokens):
+    return ig_memory.SAFETY * (ig_memory.plain_elements(lm, steps, n_tokens) + ig_memory.head_elements(lm, steps, buffers=3))
+
+
+def _wide(name, n_layers):
+    """A tiny model's config and adapter with more layers (all the plan reads; no weights run)."""
+    lm = kn.load_model(name)
+    return SimpleNamespace(model=lm.model, n_layers=n_layers, d_ff=lm.d_ff, is_causal=lm.is_causal, adapter=lm.adapter)
+
+
 @pytest.mark.parametrize("n_tokens", [4, 12, 40, 120])
 def test_plan_is_the_fewest_fitting_chunks_with_the_smallest_largest(lm, n_tokens):
+    _check_plan(lm, n_tokens)
+
+
+@pytest.mark.parametrize("n_tokens", [40, 120])
+def test_plan_splits_the_steps_of_a_layer_whose_rows_alone_are_over_the_bound(n_tokens):
+    wide = _wide("tiny-bert", 12)  # BERT-base's depth: layer 0's rows run 11 blocks at every position
+    chunks, _ = ig_memory.plan(wide, range(12), 20, n_tokens)
+    assert chunks[0] == ig_memory.Chunk([0], slice(0, 10)) and chunks[1] == ig_memory.Chunk([0], slice(10, 20))
+    _check_plan(wide, n_tokens)
+
+
+def _check_plan(lm, n_tokens):
     """Against every partition into consecutive chunks (brute force): the plan has the fewest chunks
-    that fit the plain scheme's estimate (or the largest lone layer, which always runs), and of those the
-    smallest largest chunk."""
+    that fit the plain scheme's estimate, and of those the smallest largest chunk; a low layer whose
+    rows alone are over it runs its steps in the fewest parts that fit, each a chunk of its own."""
     steps, layers = 20, list(range(lm.n_layers))
     chunks, head_rows = ig_memory.plan(lm, layers, steps, n_tokens)
-    assert [l for c in chunks for l in c] == layers and all(chunks)
-    budget = ig_memory.SAFETY * (ig_memory.plain_elements(lm, steps, n_tokens)
-                                 + ig_memory.head_elements(lm, steps, buffers=3))
+    budget = _budget(lm, steps, n_tokens)
     head = ig_memory.head_elements(lm, max(steps, min(ig_memory.HEAD_ROWS, steps * len(layers))))
 
-    def cost(c):
-        return ig_memory.chunk_elements(lm, c, steps, n_tokens) + head
+    def cost(c, m=steps):
+        return ig_memory.chunk_elements(lm, c, m, n_tokens) + head
 
-    bound = max(budget, max(cost([l]) for l in layers))  # a lone layer always runs
+    split = [c for c in chunks if c.steps != slice(None)]
+    whole = [c.layers for c in chunks if c.steps == slice(None)]
+    assert chunks == split + [ig_memory.Chunk(c) for c in whole]  # the split layers come first
+    low = sorted({c.layers[0] for c in split})
+    assert low == layers[:len(low)] and all(len(c.layers) == 1 for c in split)
+    for l in low:
+        parts = [c.steps for c in split if c.layers == [l]]
+        assert [i for p in parts for i in range(steps)[p]] == list(range(steps))  # every step once, in order
+        assert cost([l]) > budget and all(cost([l], p.stop - p.start) <= budget or p.stop - p.start == 1 for p in parts)
+        if len(parts) > 1:  # one part fewer would not fit
+            assert cost([l], -(-steps // (len(parts) - 1))) > budget
+    rest = layers[len(low):]
+    assert [l for c in whole for l in c] == rest and all(whole)
+    if not rest:
+        return
 
     def fits(part):
-        return all(cost(c) <= bound for c in part)
+        return all(cost(c) <= budget for c in part)
 
-    fitting = [part for part in _partitions(layers) if fits(part)]
+    fitting = [part for part in _partitions(rest) if fits(part)]
     fewest = min(len(part) for part in fitting)
-    assert fits(chunks) and len(chunks) == fewest
-    assert max(map(cost, chunks)) == min(max(map(cost, part)) for part in fitting if len(part) == fewest)
-    assert head_rows == max(steps, min(ig_memory.HEAD_ROWS, steps * max(map(len, chunks))))
+    assert fits(whole) and len(whole) == fewest
+    assert max(map(cost, whole)) == min(max(map(cost, part)) for part in fitting if len(part) == fewest)
+    assert head_rows == max(steps, min(ig_memory.HEAD_ROWS, steps * max(map(len, whole))))
 
 
 def test_plan_on_a_30_layer_model_gives_the_low_layers_small_chunks():
     """SmolLM2's shape (a config, no weights): a low layer's rows run more layers, so its chunk has fewer layers."""
-    lm = kn.load_model("tiny-llama")
-    wide = SimpleNamespace(model=lm.model, n_layers=30, d_ff=lm.d_ff, is_causal=True, adapter=lm.adapter)
-    chunks, _ = ig_memory.plan(wide, range(30), 20, 8)
-    sizes = [len(c) for c in chunks]
+    chunks, _ = ig_memory.plan(_wide("tiny-llama", 30), range(30), 20, 8)
+    sizes = [len(c.layers) for c in chunks]
     assert len(chunks) > 1 and sizes == sorted(sizes) and sizes[0] < sizes[-1], sizes
+    assert all(c.steps == slice(None) for c in chunks)
+
+
+def test_steps_in_parts_give_the_same_scores(lm, monkeypatch):
+    """With a bound no layer fits, every layer runs its steps one at a time: same scores as one batch."""
+    prompts, answers = prompts_for(lm)
+    default = integrated_gradients(lm, prompts, answers, steps=6)
+    monkeypatch.setattr(ig_memory, "SAFETY", 1e-9)
+    chunks, _ = ig_memory.plan(lm, range(lm.n_layers), 6, 5)
+    assert chunks == [ig_memory.Chunk([l], slice(k, k + 1)) for l in range(lm.n_layers) for k in range(6)]
+    parts = integrated_gradients(lm, prompts, answers, steps=6, layer_chunk="memory")
+    assert rel_diff(parts, default) < 1e-5  # float32 reordering of the sum over steps, as for any chunking
 
 
 def test_chunk_elements_counts_rows_by_hand():
