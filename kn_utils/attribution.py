@@ -348,7 +348,8 @@ def integrated_gradients(lm: LanguageModel, prompts: list[str], answers: list[st
     activations under what the plain scheme holds for that prompt, balanced by what they hold, at the
     cost of one pass over the weights per chunk (SmolLM2: 3 chunks at 8-10 tokens, 2 at 11-20; ~10%
     slower on 12 prompts of the default study, 8-13 tokens); where one layer's rows alone would hold
-    more (BERT-base), that layer's steps run in parts. An integer: chunks of that many layers. ``make bench`` prints the time and peak memory of both. The numbers do not depend on the chunks
+    more (BERT-base), that layer's steps run in parts. An integer: chunks of that many layers.
+    ``make bench`` prints the time and peak memory of both. The numbers do not depend on the chunks
     (bit-identical on the tiny models; within float32 reordering, ~5e-7 of the max score, on SmolLM2).
     With ``return_clean=True`` also returns the clean activations ``[n_prompts, n_layers, d_ff]``
     and the clean answer probabilities ``[n_prompts]``, which come for free.
