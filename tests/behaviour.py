@@ -14,8 +14,8 @@ bits (on 2026-12-07 the same code, 4014b6c, gave 256 such differences on smoke.y
 moves a last digit in texts such as "TOST p = 0.0022"). So a file holds one fingerprint per
 instruction set (``torch.backends.cpu.get_cpu_capability()``): ``notebooks`` for the one named by
 ``cpu`` and ``by_cpu`` for the others, all from the same code. On an instruction set with no
-recorded fingerprint the run is compared with the closest one within what float32 reordering moves
-(``CROSS_CPU``): numbers within 1e-2 relative or 1e-3 absolute, texts with their digits masked.
+recorded fingerprint the run is compared with the file's own (``notebooks``) within what float32
+reordering moves (``CROSS_CPU``): numbers within 1e-2 relative or 1e-3 absolute, texts with their digits masked.
 
     python tests/behaviour.py write params/smoke.yaml results/smoke      # after a change of behaviour (this CPU only)
     python tests/behaviour.py add-cpu params/smoke.yaml results/smoke    # record this CPU's numbers, same behaviour
@@ -104,31 +104,41 @@ def load(params_file: str | Path) -> dict:
     return json.loads(path_for(params_file).read_text())
 
 
+def _own_cpu(data: dict) -> str:
+    """The instruction set of a file's ``notebooks`` (files written before it was recorded: AVX2)."""
+    return data.get("cpu", "AVX2")
+
+
 def check(params_file: str | Path, results_dir: str | Path) -> tuple[str, list[str]]:
     """How a run compares with the file: against this instruction set's fingerprint (``REL_TOL``), or,
     where none is recorded, against the file's own within ``CROSS_CPU``. Returns (how, differences)."""
     data, here, got = load(params_file), cpu(), fingerprint(results_dir)
-    recorded = {data.get("cpu", "AVX2"): data["notebooks"], **data.get("by_cpu", {})}
+    recorded = {_own_cpu(data): data["notebooks"], **data.get("by_cpu", {})}
     if here in recorded:
         return f"the {here} fingerprint", differences(recorded[here], got)
-    return (f"the {data.get('cpu', 'AVX2')} fingerprint within {CROSS_CPU} (none for {here})",
+    return (f"the {_own_cpu(data)} fingerprint within {CROSS_CPU} (none for {here})",
             differences(data["notebooks"], got, **CROSS_CPU, mask_digits=True))
+
+
+def _save(params_file: str | Path, data: dict) -> Path:
+    HERE.mkdir(exist_ok=True)
+    path = path_for(params_file)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    return path
 
 
 def add_cpu(params_file: str | Path, results_dir: str | Path) -> Path:
     """Record this instruction set's fingerprint beside the others, after checking that the run is the
     same behaviour within ``CROSS_CPU`` (the code must be the one the file was written with)."""
-    data = load(params_file)
-    diffs = differences(data["notebooks"], fingerprint(results_dir), **CROSS_CPU, mask_digits=True)
+    data, here, got = load(params_file), cpu(), fingerprint(results_dir)
+    diffs = differences(data["notebooks"], got, **CROSS_CPU, mask_digits=True)
     if diffs:
         raise SystemExit(f"not the same behaviour within {CROSS_CPU}: " + "; ".join(diffs[:10]))
-    if cpu() == data.get("cpu", "AVX2"):
-        raise SystemExit(f"{cpu()} is the file's own instruction set: use write after a change of behaviour")
-    data.setdefault("cpu", "AVX2")
-    data.setdefault("by_cpu", {})[cpu()] = fingerprint(results_dir)
-    path = path_for(params_file)
-    path.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-    return path
+    if here == _own_cpu(data):
+        raise SystemExit(f"{here} is the file's own instruction set: use write after a change of behaviour")
+    data["cpu"] = _own_cpu(data)
+    data.setdefault("by_cpu", {})[here] = got
+    return _save(params_file, data)
 
 
 def verified_commits(params_file: str | Path) -> list[str]:
@@ -139,10 +149,7 @@ def verified_commits(params_file: str | Path) -> list[str]:
 def write(params_file: str | Path, results_dir: str | Path, verified_at: list[dict] | None = None) -> Path:
     data = {"params_file": Path(params_file).as_posix(), "verified_at": verified_at or [], "cpu": cpu(),
             "notebooks": fingerprint(results_dir)}
-    HERE.mkdir(exist_ok=True)
-    path = path_for(params_file)
-    path.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-    return path
+    return _save(params_file, data)
 
 
 def main(argv: list[str]) -> int:
