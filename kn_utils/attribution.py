@@ -133,7 +133,7 @@ class _CleanRun:
             if lm.is_causal:
                 n = self.ids.shape[1]
                 if n > 1:  # keys/values of the prefix never see the patch: compute them once
-                    out = lm.model(input_ids=self.ids[:, :-1], use_cache=True, logits_to_keep=1)  # no logits needed
+                    out = lm.body(input_ids=self.ids[:, :-1], use_cache=True)  # the body: no logits needed
                     self.cache = out.cache
                     self.shared = lm.adapter.shared_prefix
                 self.last = self.ids[:, -1:]  # [1, 1]
