@@ -62,9 +62,11 @@ def attend(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, valu
     probs = scores.softmax(-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(query.dtype)  # float64 stays
     probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
     out = probs[..., :-1] @ v_pre[0]  # [kv_heads, rows * group, head_dim]
-    own = value.permute(1, 0, 2, 3).expand(kv_heads, rows, group, head_dim).reshape(kv_heads, rows * group, head_dim)
-    out = out + probs[..., -1:] * own  # [kv_heads, rows * group, head_dim]
-    out = out.reshape(kv_heads, rows, group, head_dim).permute(1, 0, 2, 3).reshape(rows, 1, heads, head_dim)
+    # the row's own value, broadcast over its group's heads: autograd saves it once, not once per head
+    own = value.permute(1, 0, 2, 3)  # [kv_heads, rows, 1, head_dim]
+    p_own = probs[..., -1:].reshape(kv_heads, rows, group, 1)  # [kv_heads, rows, group, 1]
+    out = out.reshape(kv_heads, rows, group, head_dim) + p_own * own  # [kv_heads, rows, group, head_dim]
+    out = out.permute(1, 0, 2, 3).reshape(rows, 1, heads, head_dim)
     return out, None
 
 

@@ -59,3 +59,40 @@ def test_implementation_is_restored_and_needed():
     q = torch.zeros(2, 4, 1, 16)
     with pytest.raises(RuntimeError, match="only inside"):
         prefix_attention.attend(lm.layers[0].self_attn, q, q[:, :2], q[:, :2], None, 0.25)
+
+
+def test_own_value_is_saved_once_per_key_value_head():
+    """A row's own value enters every head of its group by broadcasting: autograd saves the value
+    ``[rows, kv_heads, 1, head_dim]`` itself, never a copy repeated per head, and the outputs and the
+    values' gradients are those of attention over every head's keys and values spelled out."""
+    rows, heads, kv_heads, head_dim, prefix = 5, 4, 2, 8, 3
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(rows, heads, 1, head_dim, generator=g, requires_grad=True)  # the probabilities need grad,
+    k = torch.randn(rows, kv_heads, 1, head_dim, generator=g, requires_grad=True)  # so their product saves the values
+    v = torch.randn(rows, kv_heads, 1, head_dim, generator=g, requires_grad=True)
+    pre = [(torch.randn(1, kv_heads, prefix, head_dim, generator=g), torch.randn(1, kv_heads, prefix, head_dim, generator=g))]
+    module = torch.nn.Module()
+    module.layer_idx = 0
+    saved = []
+
+    def pack(t):
+        saved.append(tuple(t.shape))
+        return t
+    token = prefix_attention._PREFIX.set(pre)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out, _ = prefix_attention.attend(module, q, k, v, None, scaling=0.5)  # [rows, 1, heads, head_dim]
+    finally:
+        prefix_attention._PREFIX.reset(token)
+    assert out.shape == (rows, 1, heads, head_dim)
+    group = heads // kv_heads
+    assert (kv_heads, rows, 1, head_dim) in saved  # the own values, once per key/value head
+    assert (kv_heads, rows * group, head_dim) not in saved  # not a copy per head
+    # the same attention with every head's key and value spelled out (repeat_kv), one softmax over prefix + own
+    keys = torch.cat([pre[0][0].expand(rows, -1, -1, -1), k], 2).repeat_interleave(group, 1)  # [rows, heads, prefix + 1, head_dim]
+    values = torch.cat([pre[0][1].expand(rows, -1, -1, -1), v], 2).repeat_interleave(group, 1)
+    want = ((q @ keys.transpose(-1, -2)) * 0.5).softmax(-1) @ values  # [rows, heads, 1, head_dim]
+    assert torch.allclose(out, want.transpose(1, 2), atol=1e-6)
+    (got_grad,) = torch.autograd.grad(out.sum(), v)
+    (want_grad,) = torch.autograd.grad(want.sum(), v)
+    assert torch.allclose(got_grad, want_grad, atol=1e-6)
