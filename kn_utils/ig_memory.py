@@ -151,8 +151,8 @@ def plan(lm: LanguageModel, layers, steps: int, n_tokens: int, max_head_rows: in
         k = next((k for k in range(2, steps + 1) if cost(layers[:1], -(-steps // k)) <= budget), steps)
         split += [Chunk(layers[:1], part) for part in _parts(steps, k)]
         layers = layers[1:]  # a higher layer's rows run fewer blocks: it holds less
-    if not layers:
-        return split, max(steps, min(max_head_rows, steps))
+    if not layers:  # only parts of one layer's steps: a head block never holds more than steps rows
+        return split, steps
 
     def greedy(cap):  # the fewest chunks within cap: each as long as it fits (costs grow as a chunk grows)
         chunks, start = [], 0

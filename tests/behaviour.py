@@ -109,6 +109,11 @@ def _own_cpu(data: dict) -> str:
     return data.get("cpu", "AVX2")
 
 
+def _cross_cpu(data: dict, got: dict[str, dict]) -> list[str]:
+    """A run's differences from the file's own fingerprint within what float32 reordering moves (``CROSS_CPU``)."""
+    return differences(data["notebooks"], got, **CROSS_CPU, mask_digits=True)
+
+
 def check(params_file: str | Path, results_dir: str | Path) -> tuple[str, list[str]]:
     """How a run compares with the file: against this instruction set's fingerprint (``REL_TOL``), or,
     where none is recorded, against the file's own within ``CROSS_CPU``. Returns (how, differences)."""
@@ -116,8 +121,7 @@ def check(params_file: str | Path, results_dir: str | Path) -> tuple[str, list[s
     recorded = {_own_cpu(data): data["notebooks"], **data.get("by_cpu", {})}
     if here in recorded:
         return f"the {here} fingerprint", differences(recorded[here], got)
-    return (f"the {_own_cpu(data)} fingerprint within {CROSS_CPU} (none for {here})",
-            differences(data["notebooks"], got, **CROSS_CPU, mask_digits=True))
+    return f"the {_own_cpu(data)} fingerprint within {CROSS_CPU} (none for {here})", _cross_cpu(data, got)
 
 
 def _save(params_file: str | Path, data: dict) -> Path:
@@ -131,7 +135,7 @@ def add_cpu(params_file: str | Path, results_dir: str | Path) -> Path:
     """Record this instruction set's fingerprint beside the others, after checking that the run is the
     same behaviour within ``CROSS_CPU`` (the code must be the one the file was written with)."""
     data, here, got = load(params_file), cpu(), fingerprint(results_dir)
-    diffs = differences(data["notebooks"], got, **CROSS_CPU, mask_digits=True)
+    diffs = _cross_cpu(data, got)
     if diffs:
         raise SystemExit(f"not the same behaviour within {CROSS_CPU}: " + "; ".join(diffs[:10]))
     if here == _own_cpu(data):
